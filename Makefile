@@ -1,0 +1,52 @@
+# One venv in .venv, built with pip from constraints.txt; every target goes through it.
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+SHARED  ?= ../shared/data
+VOCAB   ?= $(SHARED)/vocab/bert-base-cased-vocab.txt
+SHARDS  ?= shards
+RUN     ?= runs/tiny
+CONFIG  ?= tiny
+PIPELINE_ARGS ?=
+TRAIN_ARGS ?=
+
+.PHONY: install test bench preprocess train demo ablate lint clean
+
+install: $(VENV)/.installed
+
+# Idempotent: re-runs only when the dependency list changes.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench,lint]'
+	touch $@
+
+test: install
+	$(PY) -m pytest tests
+
+bench: install
+	$(PY) bench/bench_masking.py
+	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_trainer.py
+
+preprocess: install
+	$(PY) -m pipeline \
+	  --input 'wikiextractor:$(SHARED)/wiki/enwiki-sample-extracted.txt' \
+	  --input 'text:$(SHARED)/books/gutenberg/*.txt' \
+	  --input 'text:$(SHARED)/books/gutenberg-raw/*.txt' \
+	  --vocab $(VOCAB) --output $(SHARDS) --num-shards 8 --overwrite $(PIPELINE_ARGS)
+
+train: install
+	$(PY) -m trainer --config $(CONFIG) --data $(SHARDS) --out $(RUN) $(TRAIN_ARGS)
+
+demo: install
+	$(PY) -m demo
+
+ablate: install
+	$(PY) -m trainer.ablate --data $(SHARDS)
+
+lint: install
+	$(PY) -m ruff check masking pipeline trainer tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info
