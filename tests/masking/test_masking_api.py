@@ -1,0 +1,254 @@
+"""The contract the trainer codes against: config validation, API shapes, no torch, the stats CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import fields
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from masking import SCHEMES, MaskedBlock, Masker, MaskingConfig
+from tests.conftest import GUTENBERG, REPO, VOCAB
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"scheme": "span"}, "scheme"),
+        ({"mask_ratio": 0.0}, "mask_ratio"),
+        ({"mask_ratio": 1.0}, "mask_ratio"),
+        ({"geometric_p": 0.0}, "geometric_p"),
+        ({"max_span_words": 0}, "max_span_words"),
+        ({"mask_prob": 0.9, "random_prob": 0.2}, "mask_prob"),
+        ({"random_prob": -0.1}, "random_prob"),
+        ({"linguistic_share": 1.5}, "linguistic_share"),
+        ({"max_sbo_targets": 0}, "max_sbo_targets"),
+        ({"seed": -1}, "seed"),
+        ({"excluded_entity_labels": "DATE"}, "excluded_entity_labels"),
+    ],
+)
+def test_config_says_what_to_change(kw, field):
+    with pytest.raises(ValueError, match=field):
+        MaskingConfig(**kw)
+
+
+def test_defaults_are_the_papers():
+    c = MaskingConfig()
+    assert (c.scheme, c.mask_ratio, c.geometric_p, c.max_span_words) == ("geometric", 0.15, 0.2, 10)
+    assert (c.mask_prob, c.random_prob, c.linguistic_share) == (0.8, 0.1, 0.5)
+    assert set(c.excluded_entity_labels) == {
+        "DATE",
+        "TIME",
+        "PERCENT",
+        "MONEY",
+        "QUANTITY",
+        "ORDINAL",
+        "CARDINAL",
+    }
+    assert SCHEMES == ("subword", "whole_word", "named_entity", "noun_phrase", "geometric")
+
+
+def test_masker_rejects_bad_inputs(make_masker, specials):
+    with pytest.raises(ValueError, match="unigram_counts"):
+        make_masker(unigram_counts=np.ones(5))
+    masker = make_masker("named_entity")
+    ids = np.arange(1000, 1020, dtype=np.int32)
+    ws = np.ones(20, bool)
+    with pytest.raises(ValueError, match="word_start"):
+        masker.mask_block(ids, ws[:5], epoch=0, block_index=0)
+    with pytest.raises(ValueError, match="input_ids"):
+        masker.mask_block(ids + 10**6, ws, epoch=0, block_index=0)
+    with pytest.raises(ValueError, match="outside"):
+        masker.mask_block(
+            ids, ws, epoch=0, block_index=0, entity_spans=np.array([[15, 25]]), entity_labels=["ORG"]
+        )
+    with pytest.raises(ValueError, match="entity_labels"):
+        masker.mask_block(ids, ws, epoch=0, block_index=0, entity_spans=np.array([[1, 3]]))
+    with pytest.raises(ValueError, match=">= 0"):
+        masker.mask_block(ids, ws, epoch=-1, block_index=0)
+
+
+def test_masked_block_fields_are_the_contract():
+    names = [f.name for f in fields(MaskedBlock)]
+    for required in (
+        "input_ids",
+        "mlm_positions",
+        "mlm_labels",
+        "sbo_positions",
+        "sbo_left",
+        "sbo_right",
+        "sbo_rel",
+        "sbo_labels",
+        "spans",
+    ):
+        assert required in names
+
+
+def test_edge_spans_get_targets_with_cls_and_sep_as_boundaries(make_masker):
+    """A block of one word: its span touches both edges; boundaries are -1 ([CLS]) and n ([SEP])."""
+    ids = np.array([1000], np.int32)
+    mb = make_masker().mask_block(ids, np.ones(1, bool), epoch=0, block_index=0)
+    assert mb.spans.tolist() == [[0, 1]]
+    assert (mb.sbo_left.tolist(), mb.sbo_right.tolist(), mb.sbo_rel.tolist()) == ([-1], [1], [1])
+    off = make_masker(sbo_edge_spans=False).mask_block(ids, np.ones(1, bool), epoch=0, block_index=0)
+    assert len(off.mlm_positions) == 1 and len(off.sbo_positions) == 0
+
+
+def test_masking_never_imports_torch():
+    code = (
+        "import sys, masking, masking.stats, masking.corpus\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def _stats(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "masking.stats", "--vocab", str(VOCAB), *args],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_stats_cli_json_and_plot(tmp_path):
+    out = tmp_path / "fig.png"
+    res = _stats(
+        "--text",
+        str(GUTENBERG / "blake-poems.txt"),
+        "--scheme",
+        "geometric",
+        "--blocks",
+        "60",
+        "--seed",
+        "3",
+        "--json",
+        "--plot",
+        str(out),
+    )
+    r = json.loads(res.stdout)
+    for key in (
+        "masked_fraction",
+        "sampled_span_length_hist",
+        "span_length_words_hist",
+        "span_length_pieces_hist",
+        "replacement",
+        "spans_per_block",
+        "blocks",
+    ):
+        assert key in r
+    assert r["blocks"] == 60 and abs(r["masked_fraction"] - 0.15) < 0.01
+    assert abs(sum(r["replacement"].values()) - 1) < 1e-9
+    assert abs(sum(r["sampled_span_length_hist"].values()) - 1) < 1e-9
+    assert max(int(k) for k in r["sampled_span_length_hist"]) <= 10
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+    table = _stats("--text", str(GUTENBERG / "blake-poems.txt"), "--blocks", "10").stdout
+    assert "masked fraction" in table
+
+
+def test_stats_cli_reads_spans_from_shards(tmp_path, real_blocks, annotated_blocks, tokenizer):
+    """--shards: input_ids, word_start and the span columns of the shard contract (GUIDE §3)."""
+    from pipeline import schema
+
+    rows = annotated_blocks[:6]
+    table = pa.table(
+        {
+            "input_ids": [t.input_ids.tolist() for t in rows],
+            "word_start": [t.word_start.tolist() for t in rows],
+            "entity_spans": [
+                [
+                    {"start": int(s), "end": int(e), "label": lab}
+                    for (s, e), lab in zip(t.entity_spans, t.entity_labels, strict=True)
+                ]
+                for t in rows
+            ],
+            "noun_phrase_spans": [
+                [{"start": int(s), "end": int(e)} for s, e in t.noun_phrase_spans] for t in rows
+            ],
+            "doc_id": ["wiki#1"] * len(rows),
+            "block_index": list(range(len(rows))),
+            "num_blocks": [len(rows)] * len(rows),
+        },
+        schema=schema.BLOCK_SCHEMA,
+    )
+    name = schema.shard_name(0, 1)
+    with pa.OSFile(str(tmp_path / name), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table)
+    (tmp_path / schema.VOCAB_FILE).write_bytes(VOCAB.read_bytes())  # the pipeline ships vocab.txt
+    counts = np.bincount(np.concatenate([t.input_ids for t in rows]), minlength=tokenizer.get_vocab_size())
+    np.save(tmp_path / schema.UNIGRAM_FILE, counts)
+    manifest = {
+        "format_version": schema.FORMAT_VERSION,
+        "block_size": 510,
+        "tokenizer": {
+            "file": schema.VOCAB_FILE,
+            "vocab_size": tokenizer.get_vocab_size(),
+            "vocab_sha256": "",
+        },
+        "shards": [{"file": name, "rows": len(rows)}],
+        "unigram_counts": schema.UNIGRAM_FILE,
+    }
+    (tmp_path / schema.MANIFEST).write_text(json.dumps(manifest))
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "masking.stats",
+            "--shards",
+            str(tmp_path),
+            "--scheme",
+            "named_entity",
+            "--blocks",
+            "60",
+            "--json",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    r = json.loads(res.stdout)
+    assert r["distinct_blocks"] == len(rows) and abs(r["masked_fraction"] - 0.15) < 0.01
+    assert 0.3 < r["given_span_fraction"] < 0.6
+
+
+def test_per_block_api_is_a_batch_of_one(wiki_blocks, make_masker):
+    masker: Masker = make_masker()
+    t = wiki_blocks[0]
+    flat = masker.mask_flat([t.input_ids], [t.word_start], epoch=1, block_indices=[9])
+    one = masker.mask_block(t.input_ids, t.word_start, epoch=1, block_index=9)
+    np.testing.assert_array_equal(flat.blocks()[0].mlm_positions, one.mlm_positions)
+    assert len(flat) == 1 and flat.offsets.tolist() == [0, len(t.input_ids)]
+
+
+def test_masker_pickles_for_dataloader_workers(wiki_blocks, make_masker):
+    import pickle
+
+    masker = make_masker("whole_word", seed=11)
+    clone = pickle.loads(pickle.dumps(masker))
+    t = wiki_blocks[3]
+    a = masker.mask_block(t.input_ids, t.word_start, epoch=0, block_index=3)
+    b = clone.mask_block(t.input_ids, t.word_start, epoch=0, block_index=3)
+    np.testing.assert_array_equal(a.input_ids, b.input_ids)
+
+
+def test_same_mask_in_another_process(tmp_path, wiki_blocks, make_masker, specials):
+    """Nothing process-local (hash seeds, global RNG state) leaks into a mask."""
+    t = wiki_blocks[5]
+    block = tmp_path / "block.npy"
+    np.save(block, np.stack([t.input_ids, t.word_start.astype(np.int32)]))
+    code = (
+        "import numpy as np\n"
+        "from masking import Masker, MaskingConfig\n"
+        f"ids, ws = np.load({str(block)!r})\n"
+        f"m = Masker(MaskingConfig(seed=4), vocab_size=28996, mask_id={specials.mask}, special_ids={list(specials.all)})\n"
+        "print(m.mask_block(ids.astype(np.int32), ws.astype(bool), epoch=2, block_index=77).input_ids.tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)
+    here = make_masker(seed=4).mask_block(t.input_ids, t.word_start, epoch=2, block_index=77)
+    assert json.loads(out.stdout) == here.input_ids.tolist()
