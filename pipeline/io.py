@@ -1,0 +1,372 @@
+"""The pipeline's edges: reading inputs and writing shards, all through Beam's FileSystems layer
+(local paths, gs://, s3://, hdfs:// alike).
+
+Reading is splittable: every matched file becomes one or more byte ranges (WikiExtractor and JSONL
+files are cut every `split_bytes`; a one-document-per-file text file is one range); ranges are
+shuffled to workers, and each worker streams its range line by line, so no worker holds more than
+one document at a time. Documents are then shuffled again, so a single big input file (one
+WikiExtractor dump) still spreads its documents over every worker for the expensive stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.documents import FORMATS, FRAMERS, SPLITTABLE, RawDocument, Rejection
+from pipeline.encode import BlockRows
+from pipeline.schema import (
+    BLOCK_SCHEMA,
+    DEAD_LETTER,
+    ENTITY_SPAN,
+    FORMAT_VERSION,
+    MANIFEST,
+    NOUN_PHRASE_SPAN,
+    TOKENIZER_FILE,
+    UNIGRAM_FILE,
+    VOCAB_FILE,
+    shard_name,
+)
+
+SPLIT_BYTES = 64 << 20
+ROWS_PER_BATCH = 1024  # record batch size inside a shard (fixed, so bytes do not depend on runs)
+_GLOB = re.compile(r"[*?\[]")
+_OWN_FILES = re.compile(
+    rf"^(shard-\d+-of-\d+\.arrow|.*\.tmp|{re.escape(MANIFEST)}|{re.escape(VOCAB_FILE)}|"
+    rf"{re.escape(TOKENIZER_FILE)}|{re.escape(UNIGRAM_FILE)}|{re.escape(DEAD_LETTER)})$"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    fmt: str
+    pattern: str
+
+
+def parse_input(spec: str, default_format: str) -> InputSpec:
+    """'FORMAT:GLOB' or a bare GLOB (then `default_format`); 'gs://…' is not mistaken for a format."""
+    head, sep, rest = spec.partition(":")
+    if sep and head in FORMATS:
+        return InputSpec(head, _absolute(rest))
+    return InputSpec(default_format, _absolute(spec))
+
+
+def _absolute(pattern: str) -> str:
+    import os
+
+    return pattern if "://" in pattern else os.path.abspath(pattern)
+
+
+def source_base(pattern: str) -> str:
+    """Prefix stripped from matched paths to name a document's source: everything before the
+    directory that holds the glob, so 'data/books/gutenberg/*.txt' names 'gutenberg/emma.txt'."""
+    m = _GLOB.search(pattern)
+    literal_dir = pattern[: pattern.rfind("/", 0, m.start() if m else len(pattern))]
+    return literal_dir[: literal_dir.rfind("/") + 1]
+
+
+@dataclass(frozen=True)
+class ReadRange:
+    fmt: str
+    path: str
+    source: str
+    start: int
+    end: int | None  # None: to the end of the file
+
+
+def match_inputs(specs: Iterable[InputSpec]) -> list[tuple[InputSpec, list[Any]]]:
+    """FileSystems.match every pattern; raises when one matches nothing (a typo must not look like
+    an empty corpus)."""
+    out = []
+    for spec in specs:
+        found = sorted(FileSystems.match([spec.pattern])[0].metadata_list, key=lambda m: m.path)
+        if not found:
+            raise FileNotFoundError(f"--input {spec.fmt}:{spec.pattern} matches no file")
+        out.append((spec, found))
+    return out
+
+
+def plan_ranges(spec: InputSpec, split_bytes: int) -> Iterator[ReadRange]:
+    base = source_base(spec.pattern)
+    for meta in sorted(FileSystems.match([spec.pattern])[0].metadata_list, key=lambda m: m.path):
+        source = meta.path[len(base) :] if meta.path.startswith(base) else meta.path.rsplit("/", 1)[-1]
+        compressed = CompressionTypes.detect_compression_type(meta.path) != CompressionTypes.UNCOMPRESSED
+        if not SPLITTABLE[spec.fmt] or compressed or meta.size_in_bytes <= split_bytes:
+            yield ReadRange(spec.fmt, meta.path, source, 0, None)
+            continue
+        for start in range(0, meta.size_in_bytes, split_bytes):
+            end = start + split_bytes
+            yield ReadRange(spec.fmt, meta.path, source, start, end if end < meta.size_in_bytes else None)
+
+
+class _ReadRangeFn(beam.DoFn):
+    def process(self, rng: ReadRange) -> Iterator[RawDocument]:
+        with FileSystems.open(rng.path, compression_type=CompressionTypes.AUTO) as f:
+            yield from FRAMERS[rng.fmt](f, rng.source, rng.start, rng.end)
+
+
+class ReadDocuments(beam.PTransform):
+    """PBegin -> RawDocument for every document of every input."""
+
+    def __init__(self, inputs: list[InputSpec], split_bytes: int = SPLIT_BYTES) -> None:
+        super().__init__()
+        self.inputs, self.split_bytes = inputs, split_bytes
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pbegin
+            | "CreateInputs" >> beam.Create(self.inputs)
+            | "PlanRanges" >> beam.FlatMap(plan_ranges, self.split_bytes)
+            | "DistributeRanges" >> beam.Reshuffle()
+            | "ReadRanges" >> beam.ParDo(_ReadRangeFn())
+            | "DistributeDocuments" >> beam.Reshuffle()
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Output directory
+
+
+def join(directory: str, name: str) -> str:
+    return FileSystems.join(directory, name)
+
+
+def prepare_output(directory: str, overwrite: bool) -> None:
+    """Refuse a non-empty output directory unless `overwrite`; with it, delete what an earlier run
+    wrote (so no stale shard survives a change of --num-shards) but refuse foreign files."""
+    if not FileSystems.exists(directory):
+        FileSystems.mkdirs(directory)
+        return
+    found = [m.path for m in FileSystems.match([join(directory, "*")])[0].metadata_list]
+    if not found:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{directory} is not empty ({len(found)} files); pass --overwrite to replace it")
+    foreign = [p for p in found if not _OWN_FILES.match(p.rsplit("/", 1)[-1])]
+    if foreign:
+        raise FileExistsError(f"{directory} holds files this pipeline did not write, e.g. {foreign[0]}; refusing to mix")
+    manifest = [p for p in found if p.endswith("/" + MANIFEST)]
+    FileSystems.delete(manifest)  # first, so an interrupted delete never leaves a valid-looking dir
+    FileSystems.delete([p for p in found if p not in manifest])
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write under a temporary name, then rename: no partial file is ever visible as `path`."""
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    FileSystems.rename([tmp], [path])
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards
+
+
+def blocks_table(docs: list[BlockRows]) -> pa.Table:
+    """Columnar build (one numpy concatenate per column), not row-by-row Python objects."""
+    ids = [a for d in docs for a in d.input_ids]
+    offsets = _offsets([len(a) for a in ids])
+    ents = [s for d in docs for s in d.entity_spans]
+    nps = [s for d in docs for s in d.noun_phrase_spans]
+    ent_flat = [s for row in ents for s in row]
+    np_flat = [s for row in nps for s in row]
+    entity_col = pa.ListArray.from_arrays(
+        _offsets([len(r) for r in ents]),
+        pa.StructArray.from_arrays(
+            [
+                pa.array([s[0] for s in ent_flat], pa.int32()),
+                pa.array([s[1] for s in ent_flat], pa.int32()),
+                pa.array([s[2] for s in ent_flat], pa.string()),
+            ],
+            fields=list(ENTITY_SPAN),
+        ),
+    )
+    np_col = pa.ListArray.from_arrays(
+        _offsets([len(r) for r in nps]),
+        pa.StructArray.from_arrays(
+            [pa.array([s[0] for s in np_flat], pa.int32()), pa.array([s[1] for s in np_flat], pa.int32())],
+            fields=list(NOUN_PHRASE_SPAN),
+        ),
+    )
+    columns = [
+        pa.ListArray.from_arrays(offsets, pa.array(_concat(ids, np.int32))),
+        pa.ListArray.from_arrays(offsets, pa.array(_concat([a for d in docs for a in d.word_start], np.bool_))),
+        entity_col,
+        np_col,
+        pa.array([d.doc_id for d in docs for _ in range(d.num_blocks)], pa.string()),
+        pa.array([i for d in docs for i in range(d.num_blocks)], pa.int32()),
+        pa.array([d.num_blocks for d in docs for _ in range(d.num_blocks)], pa.int32()),
+    ]
+    return pa.Table.from_arrays(columns, schema=BLOCK_SCHEMA)
+
+
+def _offsets(lengths: list[int]) -> pa.Array:
+    out = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=out[1:])
+    return pa.array(out)
+
+
+def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+
+
+def ipc_file_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, BLOCK_SCHEMA) as writer:
+        writer.write_table(table, max_chunksize=ROWS_PER_BATCH)
+    return sink.getvalue().to_pybytes()
+
+
+def _doc_order(d: BlockRows) -> tuple[str, bytes]:
+    # doc_id first; the pieces break ties, so even duplicate ids sort the same on every run.
+    return d.doc_id, d.input_ids[0].tobytes() if d.num_blocks else b""
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, output: str, num_shards: int, vocab_size: int) -> None:
+        self.output, self.num_shards, self.vocab_size = output, num_shards, vocab_size
+
+    def process(self, item: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[dict[str, Any]]:
+        index, grouped = item
+        docs = sorted(grouped["blocks"], key=_doc_order)
+        table = blocks_table(docs)
+        data = ipc_file_bytes(table)
+        name = shard_name(index, self.num_shards)
+        write_atomic(join(self.output, name), data)
+        ids = table.column("input_ids").combine_chunks().values.to_numpy()
+        yield {
+            "index": index,
+            "file": name,
+            "rows": table.num_rows,
+            "tokens": int(len(ids)),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "unigram": np.bincount(ids, minlength=self.vocab_size).astype(np.int64),
+        }
+
+
+class WriteShards(beam.PTransform):
+    """(shard index, BlockRows) -> one Arrow IPC file per shard (empty shards included) -> shard info."""
+
+    def __init__(self, output: str, num_shards: int, vocab_size: int) -> None:
+        super().__init__()
+        self.output, self.num_shards, self.vocab_size = output, num_shards, vocab_size
+
+    def expand(self, keyed_blocks: beam.PCollection) -> beam.PCollection:
+        indices = keyed_blocks.pipeline | "CreateShardIndices" >> beam.Create([(i, None) for i in range(self.num_shards)])
+        return (
+            {"index": indices, "blocks": keyed_blocks}
+            | "GroupByShard" >> beam.CoGroupByKey()
+            | "WriteShard" >> beam.ParDo(_WriteShardFn(self.output, self.num_shards, self.vocab_size))
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest, dead letters, tokenizer copies
+
+
+def build_manifest(
+    base: dict[str, Any], shards: list[dict[str, Any]], stats: dict[str, int], dead_letters: int
+) -> dict[str, Any]:
+    """The manifest (GUIDE §3) from shard infos and summed stats; raises if a document is unaccounted."""
+    read, written, rejected = (stats.get(k, 0) for k in ("documents_read", "documents_written", "documents_rejected"))
+    rows, tokens = sum(s["rows"] for s in shards), sum(s["tokens"] for s in shards)
+    problems = []
+    if read != written + rejected:
+        problems.append(f"documents_read {read} != written {written} + rejected {rejected}")
+    if rejected != dead_letters:
+        problems.append(f"{rejected} rejections but {dead_letters} dead-letter records")
+    if rows != stats.get("blocks", 0) or tokens != stats.get("tokens", 0):
+        problems.append(f"shards hold {rows} blocks / {tokens} tokens, stages counted {stats.get('blocks')} / {stats.get('tokens')}")
+    if problems:
+        raise RuntimeError("accounting failed: " + "; ".join(problems))
+    span_keys = ("entity_spans", "noun_phrase_spans", "entity_spans_dropped_at_block_edge",
+                 "noun_phrase_spans_dropped_at_block_edge", "spans_without_pieces", "entities_found", "noun_chunks_found")
+    cleaning_keys = ("nul_bytes_removed", "markup_removed", "line_endings_normalised", "gutenberg_boilerplate_stripped",
+                     "decoded_with_fallback", "unterminated_wiki_doc")
+    return {
+        **base,
+        "format_version": FORMAT_VERSION,
+        "shards": [{k: s[k] for k in ("file", "rows", "tokens", "bytes", "sha256")} for s in sorted(shards, key=lambda s: s["index"])],
+        "unigram_counts": UNIGRAM_FILE,
+        "dead_letter": DEAD_LETTER,
+        "totals": {
+            "documents_read": read,
+            "documents_written": written,
+            "documents_rejected": rejected,
+            "blocks": rows,
+            "tokens": tokens,
+            "words": stats.get("words", 0),
+        },
+        "rejections": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("rejected.")},
+        "cleaning": {k: stats.get(k, 0) for k in cleaning_keys},
+        "spans": {k: stats.get(k, 0) for k in span_keys},
+    }
+
+
+def _finalize(
+    _: None,
+    shards: list[dict[str, Any]],
+    stats: list[tuple[str, int]],
+    dead: list[Rejection],
+    *,
+    output: str,
+    base: dict[str, Any],
+    vocab_txt: str,
+    tokenizer_json: str,
+) -> Iterator[dict[str, Any]]:
+    manifest = build_manifest(base, shards, dict(sorted(stats)), len(dead))
+    unigram = np.sum([s["unigram"] for s in shards], axis=0) if shards else np.zeros(base["tokenizer"]["vocab_size"], np.int64)
+    buf = io.BytesIO()
+    np.save(buf, unigram.astype(np.int64))
+    lines = sorted(r.to_json() for r in dead)
+    write_atomic(join(output, UNIGRAM_FILE), buf.getvalue())
+    write_atomic(join(output, VOCAB_FILE), vocab_txt.encode("utf-8"))
+    write_atomic(join(output, TOKENIZER_FILE), tokenizer_json.encode("utf-8"))
+    write_atomic(join(output, DEAD_LETTER), "".join(line + "\n" for line in lines).encode("utf-8"))
+    # Last: a directory with a manifest is complete.
+    write_atomic(join(output, MANIFEST), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    yield manifest
+
+
+class WriteManifest(beam.PTransform):
+    """Shard infos + stats + dead letters -> the side files and manifest.json (written last)."""
+
+    def __init__(self, output: str, base: dict[str, Any], vocab_txt: str, tokenizer_json: str) -> None:
+        super().__init__()
+        self.kwargs = {"output": output, "base": base, "vocab_txt": vocab_txt, "tokenizer_json": tokenizer_json}
+
+    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection, beam.PCollection]) -> beam.PCollection:
+        shards, stats, dead = inputs
+        return (
+            shards.pipeline
+            | "CreateTrigger" >> beam.Create([None])
+            | "Finalize" >> beam.FlatMap(
+                _finalize,
+                beam.pvalue.AsList(shards),
+                beam.pvalue.AsList(stats),
+                beam.pvalue.AsList(dead),
+                **self.kwargs,
+            )
+        )
+
+
+def read_text(path: str) -> str:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read().decode("utf-8")

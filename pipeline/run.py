@@ -1,0 +1,184 @@
+"""`python -m pipeline`: raw corpora -> Arrow shards (see docs/pipeline.md).
+
+Our flags are parsed here; every flag we do not know goes to Beam's PipelineOptions unchanged
+(--runner, --direct_num_workers, --direct_running_mode, --project, --region, --temp_location,
+--flink_master, --spark_master_url, ...). Without --runner the pipeline runs in this process on
+Beam's FnApiRunner (the DirectRunner family), which needs no service and nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.annotate import CHUNK_CHARS, EXCLUDE, MODEL
+from pipeline.documents import FORMATS, CleanOptions
+from pipeline.io import (
+    SPLIT_BYTES,
+    ReadDocuments,
+    WriteManifest,
+    WriteShards,
+    join,
+    match_inputs,
+    parse_input,
+    prepare_output,
+    read_text,
+)
+from pipeline.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE
+from pipeline.tokenizer import load_tokenizer, vocab_list, vocab_sha256
+from pipeline.transforms import DEAD_LETTER, STATS, Preprocess, sum_stats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        allow_abbrev=False,  # a Beam flag must never be taken for an abbreviation of ours
+        description="Preprocess corpora into SpanBERT block shards. Unknown flags go to Beam's PipelineOptions.",
+    )
+    p.add_argument("--input", action="append", required=True, metavar="[FORMAT:]GLOB",
+                   help="input files (repeatable); an optional FORMAT: prefix overrides --format")
+    p.add_argument("--format", choices=FORMATS, default="wikiextractor", help="format of unprefixed inputs")
+    tok = p.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--vocab", help="BERT vocab.txt (cased WordPiece, no lower-casing)")
+    tok.add_argument("--tokenizer", help="any HF tokenizers tokenizer.json")
+    p.add_argument("--output", required=True, help="output directory (local or gs://, s3://, hdfs://)")
+    p.add_argument("--block-size", type=int, default=512, help="model sequence length; blocks hold block_size-2 pieces")
+    p.add_argument("--num-shards", type=int, default=8)
+    p.add_argument("--annotate", action=argparse.BooleanOptionalAction, default=True,
+                   help="spaCy entities, noun chunks and sentences (--no-annotate: empty span columns)")
+    p.add_argument("--spacy-model", default=MODEL)
+    p.add_argument("--chunk-chars", type=int, default=CHUNK_CHARS, help="longest text given to spaCy at once")
+    p.add_argument("--batch-docs", type=int, default=32, help="documents per encode_batch / nlp.pipe call")
+    p.add_argument("--encoding-fallback", default=None, metavar="CODEC",
+                   help="decode invalid UTF-8 with CODEC (e.g. latin-1) instead of dead-lettering the document")
+    p.add_argument("--text-field", default="text", help="jsonl: field holding the text")
+    p.add_argument("--id-field", default="id", help="jsonl: field holding the document id")
+    p.add_argument("--keep-markup", action="store_true", help="do not strip HTML tags / entities")
+    p.add_argument("--keep-gutenberg", action="store_true", help="do not strip Project Gutenberg header/footer")
+    p.add_argument("--split-bytes", type=int, default=SPLIT_BYTES, help="byte range per read split (splittable formats)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory's contents")
+    return p
+
+
+def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.block_size < 3:
+        parser.error("--block-size must be >= 3 (room for [CLS] and [SEP])")
+    if args.num_shards < 1:
+        parser.error("--num-shards must be >= 1")
+    if args.chunk_chars < 1000 or args.batch_docs < 1 or args.split_bytes < 1:
+        parser.error("--chunk-chars >= 1000, --batch-docs >= 1, --split-bytes >= 1")
+    if args.encoding_fallback:
+        import codecs
+
+        try:
+            codecs.lookup(args.encoding_fallback)
+        except LookupError:
+            parser.error(f"--encoding-fallback: unknown codec {args.encoding_fallback!r}")
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the pipeline; returns the manifest (also printed as an accounting summary)."""
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    _validate(args, parser)
+    inputs = [parse_input(s, args.format) for s in args.input]
+    match_inputs(inputs)  # fail before starting workers if a glob matches nothing
+    tok = load_tokenizer(vocab=args.vocab) if args.vocab else load_tokenizer(tokenizer_json=args.tokenizer)
+    vocab = vocab_list(tok)
+    prepare_output(args.output, args.overwrite)
+
+    options = {k: v for k, v in vars(args).items() if k not in ("output", "overwrite")}
+    base = {
+        "block_size": args.block_size,
+        "annotated": args.annotate,
+        "spacy": {"model": args.spacy_model, "excluded": list(EXCLUDE)} if args.annotate else None,
+        "tokenizer": {
+            "file": TOKENIZER_FILE,
+            "vocab_file": VOCAB_FILE,
+            "vocab_sha256": vocab_sha256(tok),
+            "vocab_size": len(vocab),
+        },
+        "options": options,
+    }
+    tokenizer_json = tok.to_str()
+    beam_options = PipelineOptions(_local_defaults(beam_args, args.annotate))
+    # No --runner: FnApiRunner directly. (DirectRunner would first try Prism, which downloads a binary.)
+    runner = None if beam_options.view_as(StandardOptions).runner else _local_runner()
+    with beam.Pipeline(runner=runner, options=beam_options) as p:
+        raw_documents = p | "ReadDocuments" >> ReadDocuments(inputs, args.split_bytes)
+        out = raw_documents | "Preprocess" >> Preprocess(
+            CleanOptions(
+                encoding_fallback=args.encoding_fallback,
+                text_field=args.text_field,
+                id_field=args.id_field,
+                strip_markup=not args.keep_markup,
+                strip_gutenberg=not args.keep_gutenberg,
+            ),
+            tokenizer_json,
+            args.block_size,
+            args.num_shards,
+            args.spacy_model if args.annotate else None,
+            args.chunk_chars,
+            args.batch_docs,
+        )
+        shard_infos = out["shard_to_blocks"] | "WriteShards" >> WriteShards(args.output, args.num_shards, len(vocab))
+        stat_to_total = sum_stats(out[STATS])
+        _ = (shard_infos, stat_to_total, out[DEAD_LETTER]) | "WriteManifest" >> WriteManifest(
+            args.output, base, "".join(t + "\n" for t in vocab), tokenizer_json
+        )
+    manifest = json.loads(read_text(join(args.output, MANIFEST)))
+    print(summary(manifest))
+    return manifest
+
+
+def _local_defaults(beam_args: list[str], annotate: bool) -> list[str]:
+    """Annotating on the local runner with no worker flags: one worker process per core.
+
+    spaCy is the bottleneck and holds the GIL, so only processes help (Beam's own default is one
+    in-process worker); without annotation the tokenizer already uses every core from one process.
+    """
+    if not annotate or any(a.startswith(("--runner", "--direct_running_mode", "--direct_num_workers")) for a in beam_args):
+        return beam_args
+    import os
+
+    return [*beam_args, "--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}"]
+
+
+def _local_runner() -> beam.runners.PipelineRunner:
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return FnApiRunner()
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    t = manifest["totals"]
+    lines = [
+        f"documents_read {t['documents_read']} = written {t['documents_written']} + rejected {t['documents_rejected']}",
+        f"blocks {t['blocks']}  tokens {t['tokens']}  words {t['words']}  shards {len(manifest['shards'])}",
+    ]
+    lines += [f"  rejected {reason}: {n}" for reason, n in sorted(manifest["rejections"].items())]
+    lines += [f"  cleaned {k}: {v}" for k, v in manifest["cleaning"].items() if v]
+    sp = manifest["spans"]
+    if manifest["annotated"]:
+        lines.append(
+            f"  spans: {sp['entity_spans']} entities, {sp['noun_phrase_spans']} noun phrases; dropped at block"
+            f" edges {sp['entity_spans_dropped_at_block_edge']} / {sp['noun_phrase_spans_dropped_at_block_edge']}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(argv)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
