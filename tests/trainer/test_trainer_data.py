@@ -1,0 +1,155 @@
+"""The batch stream: exactly-once epochs over ranks x workers, exact resume, masks and SBO targets in
+full-sequence coordinates, batching, the bi-sequence + NSP mode, the vocabulary check."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.config import DataConfig
+from trainer.data import IS_NEXT, NOT_NEXT, BlockStream, build_loader
+from trainer.model import IGNORE
+
+
+def _stream(shard_dir, rank=0, world=1, start=0, **data) -> BlockStream:
+    cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, **data})
+    return BlockStream(shard_dir, cfg, max_len=64, max_sbo_targets=15, seed=7, rank=rank, world=world, start=start)
+
+
+def _take(stream: BlockStream, n: int, workers: int) -> list[dict[str, torch.Tensor]]:
+    return list(itertools.islice(build_loader(stream, workers, pin_memory=False), n))
+
+
+@pytest.mark.parametrize("batching", [{"batch_size": 3}, {"batch_tokens": 200, "bucket_window": 4}])
+def test_every_block_exactly_once_per_epoch_over_2_ranks_x_2_workers(shard_dir, batching):
+    world, workers = 2, 2
+    streams = [_stream(shard_dir, rank=r, world=world, **batching) for r in range(world)]
+    n_rows, per_epoch = len(streams[0].shards), len(streams[0].plan.epoch(0))
+    rounds = per_epoch // world + 2  # every rank runs into epoch 1
+    seen = Counter()
+    for s in streams:
+        for b in _take(s, rounds, workers):
+            for row, epoch in zip(b["row_ids"].tolist(), b["epoch"].tolist(), strict=True):
+                seen[(epoch, row)] += 1
+    epoch0 = sorted(row for (e, row), c in seen.items() if e == 0)
+    assert epoch0 == list(range(n_rows))
+    assert set(seen.values()) == {1}
+    # epoch 1 is a different order of the same rows
+    assert [r.tolist() for r in streams[0].plan.epoch(0)] != [r.tolist() for r in streams[0].plan.epoch(1)]
+
+
+def test_resume_at_a_position_gives_the_same_stream(shard_dir):
+    world = 2
+    full = [_take(_stream(shard_dir, rank=r, world=world), 12, workers=2) for r in range(world)]
+    start = 10  # global batches consumed, e.g. 5 steps x 1 micro-batch x 2 ranks
+    resumed = [_take(_stream(shard_dir, rank=r, world=world, start=start), 7, workers=1) for r in range(world)]
+    for r in range(world):
+        for a, b in zip(full[r][start // world :], resumed[r], strict=True):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert torch.equal(a[k], b[k]), k
+    with pytest.raises(ValueError, match="multiple of the world size"):
+        _stream(shard_dir, world=2, start=3)
+
+
+@pytest.mark.parametrize("scheme", ["geometric", "subword", "whole_word", "named_entity", "noun_phrase"])
+def test_masks_and_sbo_targets_in_sequence_coordinates(shard_dir, scheme):
+    stream = _stream(shard_dir, scheme=scheme)
+    n_sbo = 0
+    for b in _take(stream, 6, workers=0):
+        ids, pad = b["input_ids"], b.get("attention_mask", torch.ones_like(b["input_ids"], dtype=torch.bool))
+        for i, row in enumerate(b["row_ids"].tolist()):
+            bare, _ = stream.shards.ids(row)
+            n = len(bare)
+            original = np.concatenate([[101], bare, [102]])
+            assert ids[i, 0] == 101 and ids[i, n + 1] == 102 and pad[i].sum() == n + 2
+            valid = b["mlm_labels"][i] != IGNORE
+            pos = b["mlm_positions"][i][valid]
+            assert ((pos >= 1) & (pos <= n)).all()  # never [CLS], [SEP] or padding
+            assert np.array_equal(b["mlm_labels"][i][valid].numpy(), original[pos.numpy()])
+            unchanged = ids[i].numpy() == np.pad(original, (0, ids.shape[1] - n - 2))
+            unchanged[pos.numpy()] = True
+            assert unchanged.all()  # only masked positions differ from the block
+            masked = set(pos.tolist())
+            sv = b["sbo_labels"][i] != IGNORE
+            for left, right, rel, label in zip(b["sbo_left"][i][sv].tolist(), b["sbo_right"][i][sv].tolist(),
+                                               b["sbo_rel"][i][sv].tolist(), b["sbo_labels"][i][sv].tolist(), strict=True):
+                target = left + rel
+                assert target in masked and label == original[target]  # SBO targets are masked tokens
+                assert all(p in masked for p in range(left + 1, right))  # the whole span is masked
+                assert left not in masked and right not in masked  # its boundaries are not
+                assert 0 <= left and right <= n + 1 and 1 <= rel <= 15
+                n_sbo += 1
+    assert n_sbo > 20
+
+
+def test_token_budget_batches_and_bucketing(shard_dir):
+    stream = _stream(shard_dir, batch_tokens=256, bucket_window=8)
+    lengths = stream.plan.seq_lengths
+    for rows in stream.plan.epoch(0):
+        width = -(-int(lengths[rows].max()) // 8) * 8
+        assert len(rows) * width <= 256 or len(rows) == 1
+    fixed = _stream(shard_dir, batch_size=4, bucket_window=8)
+    waste = [1 - lengths[r].sum() / (len(r) * lengths[r].max()) for r in fixed.plan.epoch(0)]
+    assert np.mean(waste) < 0.05  # length-sorted windows leave little padding
+
+
+@pytest.mark.parametrize("scheme", ["geometric", "named_entity"])
+def test_pair_mode_segments_and_nsp(shard_dir, scheme):
+    stream = _stream(shard_dir, mode="pair", batch_size=8, scheme=scheme)
+    labels = []
+    for b in _take(stream, 8, workers=0):
+        for i, row in enumerate(b["row_ids"].tolist()):
+            ids, tt = b["input_ids"][i], b["token_type_ids"][i]
+            seps = (ids == 102).nonzero().flatten().tolist()
+            assert ids[0] == 101 and len(seps) == 2
+            a_end, b_end = seps
+            assert (tt[: a_end + 1] == 0).all() and (tt[a_end + 1 : b_end + 1] == 1).all()
+            pos = b["mlm_positions"][i][b["mlm_labels"][i] != IGNORE]
+            assert not set(pos.tolist()) & {0, a_end, b_end}
+            if b["nsp_labels"][i] == IS_NEXT:  # B continues A inside the same block (unmasked tokens agree)
+                bare, _ = stream.shards.ids(row)
+                seq = np.concatenate([ids[1:a_end].numpy(), ids[a_end + 1 : b_end].numpy()])
+                keep = np.ones(len(seq), bool)
+                keep[[p - 1 if p < a_end else p - 2 for p in pos.tolist()]] = False
+                assert np.array_equal(seq[keep], bare[: len(seq)][keep])
+            labels.append(int(b["nsp_labels"][i]))
+    assert 0.3 < np.mean(np.array(labels) == NOT_NEXT) < 0.7
+
+
+def test_pair_mode_keeps_entity_spans_aligned(shard_dir):
+    stream = _stream(shard_dir, mode="pair", scheme="named_entity")
+    checked = 0
+    for row in range(40):
+        part = stream._bare_pair(0, row)
+        spans, labels, n = part["entity_spans"], part["entity_labels"], len(part["ids"])
+        assert len(spans) == len(labels) and ((spans[:, 0] >= 0) & (spans[:, 1] <= n)).all()
+        assert not ((spans[:, 0] < part["a"]) & (spans[:, 1] > part["a"])).any()  # none across the A/B cut
+        if part["nsp"] == IS_NEXT:  # A + B is the block's prefix: same spans, same tokens
+            block_spans, block_labels = stream.shards.spans(row, "entity_spans")
+            inside = [(tuple(sp), lab) for sp, lab in zip(block_spans.tolist(), block_labels, strict=True)
+                      if sp[1] <= n and not (sp[0] < part["a"] < sp[1])]
+            assert [(tuple(sp), lab) for sp, lab in zip(spans.tolist(), labels, strict=True)] == inside
+            checked += 1
+    assert checked > 5
+
+
+def test_held_out_documents_are_never_trained_on(shard_dir):
+    stream = _stream(shard_dir, holdout_fraction=0.3)
+    train, held = stream.train_rows, stream.heldout_rows
+    assert len(held) > 0 and len(train) > 0 and len(train) + len(held) == len(stream.shards)
+    docs = {r: stream.shards.doc_id(int(r)) for r in range(len(stream.shards))}
+    assert not {docs[r] for r in train} & {docs[r] for r in held}  # split by whole documents
+    planned = np.concatenate(stream.plan.epoch(0))
+    assert sorted(planned.tolist()) == sorted(train.tolist())
+    pair = _stream(shard_dir, holdout_fraction=0.3, mode="pair", scheme="subword", batch_size=16)
+    assert pair.train_rows.tolist() == train.tolist()  # the split depends on the documents only
+
+
+def test_vocabulary_mismatch_is_refused(shard_dir):
+    with pytest.raises(ValueError, match="tokenized with vocabulary"):
+        _stream(shard_dir, vocab_sha256="0" * 64)

@@ -1,0 +1,110 @@
+"""Checkpoints and exact resume: SIGKILL + `--resume auto` and SIGTERM + resume reproduce the loss
+sequence of an uninterrupted run bit for bit; a corrupt newest checkpoint falls back to the previous."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainer.conftest import cli, losses, set_args, tiny_config
+from trainer import checkpoint
+
+STEPS = 30
+
+
+def _args(shard_dir: Path, out: Path, workers: int) -> list[str]:
+    # Dropout on: the resumed run must also restore the RNG state exactly.
+    cfg = tiny_config(model={"hidden_size": 64, "intermediate_size": 128}, data={"num_workers": workers, "batch_size": 8},
+                      optim={"schedule_steps": 100}, train={"max_steps": STEPS, "ckpt_every": 2, "keep_last": 3})
+    return ["--config", "tiny", "--data", str(shard_dir), "--out", str(out), *set_args(cfg)]
+
+
+@pytest.fixture(scope="module")
+def reference(shard_dir, tmp_path_factory) -> dict[int, float]:
+    out = tmp_path_factory.mktemp("reference")
+    done = cli(_args(shard_dir, out, workers=2))  # 2 workers here, 0 in the interrupted runs: no influence
+    assert done.returncode == 0, done.stderr
+    ref = losses(out)
+    assert list(ref) == list(range(1, STEPS + 1))
+    return ref
+
+
+def _start_and_wait(args: list[str], out: Path, step: int):
+    proc = cli(args, background=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if (out / "metrics.jsonl").is_file() and any(json.loads(x)["step"] >= step for x in (out / "metrics.jsonl").read_text().splitlines()):
+            return proc
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited early: {proc.stdout.read()}")
+        time.sleep(0.005)
+    proc.kill()
+    raise AssertionError("trainer made no progress")
+
+
+def test_sigkill_then_resume_is_bitwise_identical_and_skips_a_corrupt_checkpoint(shard_dir, tmp_path, reference):
+    out = tmp_path / "run"
+    proc = _start_and_wait(_args(shard_dir, out, workers=0), out, step=5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # Complete saves only (the kill may land between a .pt and its sidecar; that one is invalid anyway).
+    saved = sorted(p for p in out.glob("checkpoints/step-*.pt") if p.with_suffix(".json").is_file())
+    assert saved and checkpoint.load(saved[-1])["step"] < STEPS, "the run finished before it was killed"
+    # Truncate the newest checkpoint: resume must say so and fall back to the one before.
+    newest = saved[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    resumed = cli([*_args(shard_dir, out, workers=0), "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"checkpoint {newest} is unusable" in resumed.stderr and "truncated" in resumed.stderr
+    assert f"resumed from {saved[-2]}" in resumed.stderr
+    assert losses(out) == reference  # every step, bit for bit (later lines win for re-run steps)
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(shard_dir, tmp_path, reference):
+    out = tmp_path / "run"
+    proc = _start_and_wait(_args(shard_dir, out, workers=1), out, step=3)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, DataLoader worker included (as Slurm does)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert "SIGTERM: saving step" in output
+    last = max(losses(out))
+    assert last < STEPS, "the run finished before SIGTERM arrived"
+    assert checkpoint.load(out / "checkpoints" / f"step-{last:08d}.pt")["step"] == last  # saved where it stopped
+    resumed = cli([*_args(shard_dir, out, workers=1), "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {last}," in resumed.stderr
+    assert losses(out) == reference
+
+
+def test_refuses_to_overwrite_a_run_without_resume(shard_dir, tmp_path, reference):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "step-00000002.pt").write_bytes(b"x")
+    done = cli(_args(shard_dir, out, workers=0))
+    assert done.returncode != 0 and "--resume auto" in done.stderr
+
+
+def test_checkpoint_files_are_verified_and_pruned(tmp_path):
+    for step in (1, 2, 3):
+        checkpoint.save(tmp_path, step, {"x": torch.tensor([step])}, keep_last=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-00000002.json", "step-00000002.pt", "step-00000003.json", "step-00000003.pt"]
+    newest = tmp_path / "checkpoints" / "step-00000003.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    newest.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        checkpoint.load(newest)
+    messages = []
+    path, state = checkpoint.latest_valid(tmp_path, log=messages.append)
+    assert path.name == "step-00000002.pt" and int(state["x"]) == 2 and "step-00000003.pt" in messages[0]
+    (tmp_path / "checkpoints" / "step-00000002.json").unlink()  # a save that never finished
+    assert checkpoint.latest_valid(tmp_path, log=messages.append) is None
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))

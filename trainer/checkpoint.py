@@ -1,0 +1,126 @@
+"""Checkpoints: atomic, verified, keep-last-K, with everything an exact resume needs.
+
+Layout (RUN_DIR/checkpoints/):
+  step-00001000.pt     torch.save of {format_version, step, model, optimizer, scheduler, data, rng, config,
+                       vocab_sha256, world_size, nonfinite}
+  step-00001000.json   sidecar written after the .pt: {step, file, bytes, sha256}
+
+Both files are written to a temporary name, flushed, fsync'ed and renamed (os.replace), so a crash
+leaves either the old or the new file, never half of one. A checkpoint is valid only if its sidecar
+exists and the .pt's size and sha256 match it; `latest_valid` walks from the newest step down and
+reports (not raises) every one it skips, so a truncated or corrupt newest checkpoint falls back to the
+one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def ckpt_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(file) into a temporary sibling, fsync, rename over `path`, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _sha256(path: Path) -> tuple[int, str]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def save(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
+    """Write step-N.pt + its sidecar atomically, then delete all but the newest `keep_last`."""
+    directory = ckpt_dir(run_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step-{step:08d}.pt"
+    # Streamed straight to disk (no in-memory copy of a multi-GB state), hashed from the page cache.
+    _atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, f))
+    size, digest = _sha256(path)
+    meta = {"step": step, "file": path.name, "bytes": size, "sha256": digest}
+    _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
+    for old in sorted(_steps(directory))[:-keep_last]:
+        for suffix in (".json", ".pt"):  # sidecar first: a half-deleted checkpoint is simply invalid
+            (directory / f"step-{old:08d}{suffix}").unlink(missing_ok=True)
+    return path
+
+
+def _steps(directory: Path) -> list[int]:
+    return [int(m.group(1)) for p in directory.glob("step-*.pt") if (m := _NAME.match(p.name))]
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Verify against the sidecar and load; ValueError says what is wrong with the file."""
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        raise ValueError(f"{path}: no sidecar {sidecar.name} (the save did not finish)")
+    meta = json.loads(sidecar.read_text())
+    size, digest = _sha256(path)
+    if size != meta["bytes"]:
+        raise ValueError(f"{path}: truncated ({size} bytes, expected {meta['bytes']})")
+    if digest != meta["sha256"]:
+        raise ValueError(f"{path}: sha256 mismatch (corrupt file)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {state.get('format_version')}, this code reads {FORMAT_VERSION}")
+    return state
+
+
+def latest_valid(run_dir: Path, log=lambda msg: print(msg, file=sys.stderr)) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that verifies and loads, or None; every skipped one is reported through `log`."""
+    directory = ckpt_dir(run_dir)
+    if not directory.is_dir():
+        return None
+    for step in sorted(_steps(directory), reverse=True):
+        path = directory / f"step-{step:08d}.pt"
+        try:
+            return path, load(path)
+        except Exception as e:  # any failure to read means "not usable": say why and try the previous one
+            log(f"checkpoint {path} is unusable ({type(e).__name__}: {e}); falling back to the previous one")
+    return None
+
+
+# -- RNG state: every generator that influences training -----------------------------------------
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

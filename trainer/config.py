@@ -1,0 +1,196 @@
+"""Typed run configuration: one dataclass per component, a JSON file per preset (trainer/configs/*.json).
+
+A config file holds the four sections {"model": ..., "data": ..., "optim": ..., "train": ...}; a field
+left out takes the default below. `--set section.field=value` overrides single fields from the
+command line. Every `__post_init__` raises ValueError naming the field to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from masking.config import NUMERIC_ENTITY_LABELS, SCHEMES
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    """BERT encoder + heads. Defaults are BERT-base with the cased vocabulary SpanBERT uses."""
+
+    vocab_size: int = 28996
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position: int = 512  # learned absolute positions
+    type_vocab_size: int = 2
+    dropout: float = 0.1  # hidden dropout, every layer (paper §4.2)
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
+    use_sbo: bool = True  # span boundary objective (§3.2)
+    use_nsp: bool = False  # next-sentence prediction: only for the bi-sequence BERT baselines
+    sbo_position_dim: int = 200  # relative position embedding width (§3.2)
+    max_sbo_targets: int = 15  # rows of the relative position table (reference: 15 x 200)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"model.hidden_size {self.hidden_size} must be divisible by model.num_heads {self.num_heads}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1")
+        if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attention_dropout < 1.0):
+            raise ValueError("model.dropout and model.attention_dropout must be in [0, 1)")
+        if self.max_sbo_targets < 1 or self.sbo_position_dim < 1:
+            raise ValueError("model.max_sbo_targets and model.sbo_position_dim must be >= 1")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclass
+class DataConfig:
+    """Shard reading, masking (passed to masking.MaskingConfig) and batching."""
+
+    mode: str = "single"  # "single": one segment, no NSP (SpanBERT); "pair": A [SEP] B + NSP (BERT baselines)
+    scheme: str = "geometric"  # one of SCHEMES (paper Table 6)
+    mask_ratio: float = 0.15
+    geometric_p: float = 0.2
+    max_span_words: int = 10
+    mask_prob: float = 0.8  # per span: [MASK] / random / unchanged = 80 / 10 / 10
+    random_prob: float = 0.1
+    linguistic_share: float = 0.5  # named_entity / noun_phrase schemes: share of linguistic spans
+    excluded_entity_labels: tuple[str, ...] = NUMERIC_ENTITY_LABELS  # the paper: non-numerical entities only
+    sbo_edge_spans: bool = True  # SBO also for spans touching the block edge ([CLS]/[SEP] as boundary)
+    batch_size: int = 32  # sequences per micro-batch per rank (ignored when batch_tokens > 0)
+    batch_tokens: int = 0  # > 0: micro-batches by padded-token budget instead of a sequence count
+    bucket_window: int = 64  # sort this many micro-batches' worth of rows by length before cutting batches
+    pad_to_multiple: int = 8  # pad sequence length to a multiple of this (tensor-core friendly shapes)
+    num_workers: int = 2  # DataLoader workers per rank (masking runs there)
+    vocab_sha256: str = ""  # expected tokenizer identity; "" = take the shards' (recorded in checkpoints)
+    holdout_fraction: float = 0.0  # share of *documents* never trained on (split by a hash of doc_id; for evaluation)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("single", "pair"):
+            raise ValueError(f"data.mode must be 'single' or 'pair', got {self.mode!r}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"data.scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"data.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.batch_size < 1 and self.batch_tokens < 1:
+            raise ValueError("set data.batch_size >= 1 or data.batch_tokens >= 1")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.bucket_window < 1 or self.pad_to_multiple < 1 or self.num_workers < 0:
+            raise ValueError("data.bucket_window and data.pad_to_multiple must be >= 1, data.num_workers >= 0")
+        self.excluded_entity_labels = tuple(self.excluded_entity_labels)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + linear warm-up / linear decay (paper §4.2)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled; not applied to biases and LayerNorm (see docs/trainer.md)
+    warmup_steps: int = 10_000
+    schedule_steps: int = 0  # step where the lr reaches 0; 0 = train.max_steps
+    clip_grad_norm: float = 1.0  # 0 disables clipping
+    fused: bool = True  # fused AdamW kernel when the device supports it
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON gives a list
+        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
+            raise ValueError("optim.lr and optim.eps must be > 0, optim.weight_decay >= 0")
+        if self.warmup_steps < 0 or self.schedule_steps < 0 or self.clip_grad_norm < 0:
+            raise ValueError("optim.warmup_steps, optim.schedule_steps and optim.clip_grad_norm must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The loop: steps, accumulation, precision, logging, checkpoints, guards."""
+
+    max_steps: int = 2_400_000
+    grad_accum: int = 1  # micro-batches per rank per optimizer step
+    seed: int = 0  # model init, dropout, shuffling and masking all derive from it
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    compile: bool = False  # torch.compile the model
+    log_every: int = 10
+    ckpt_every: int = 1000
+    keep_last: int = 3  # checkpoints kept on disk
+    max_nonfinite_in_a_row: int = 10  # stop after this many consecutive skipped (non-finite) steps
+    max_minutes: float = 0.0  # > 0: wall-clock budget; then save and stop cleanly like on SIGTERM
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.grad_accum < 1:
+            raise ValueError("train.max_steps and train.grad_accum must be >= 1")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.max_minutes < 0:
+            raise ValueError("train.max_minutes must be >= 0 (0: no time limit)")
+        if self.log_every < 1 or self.ckpt_every < 1 or self.keep_last < 1 or self.max_nonfinite_in_a_row < 1:
+            raise ValueError("train.log_every, ckpt_every, keep_last and max_nonfinite_in_a_row must be >= 1")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.mode == "pair" and not self.model.use_nsp:
+            raise ValueError("data.mode='pair' is the BERT baseline: set model.use_nsp=true")
+        if self.data.mode == "single" and self.model.use_nsp:
+            raise ValueError("model.use_nsp needs data.mode='pair' (two segments)")
+        if self.data.mode == "pair" and self.model.use_sbo:
+            # Spans may straddle the A/B junction; the paper never combines SBO with two segments.
+            raise ValueError("model.use_sbo needs data.mode='single'; set model.use_sbo=false for the pair baseline")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        unknown = set(raw) - {"model", "data", "optim", "train"}
+        if unknown:
+            raise ValueError(f"unknown config sections {sorted(unknown)}")
+        parts = {}
+        for name, klass in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig)):
+            section = raw.get(name, {})
+            known = {f.name for f in dataclasses.fields(klass)}
+            bad = set(section) - known
+            if bad:
+                raise ValueError(f"unknown fields in config section {name!r}: {sorted(bad)}; known: {sorted(known)}")
+            parts[name] = klass(**section)
+        return cls(**parts)
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A bundled preset name ("tiny", "base", "large") or a JSON path, then `section.field=value` overrides."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        bundled = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise FileNotFoundError(f"config {name_or_path!r}: no such file, and not one of the bundled {bundled}")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--set expects section.field=value, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value  # bare strings: --set data.scheme=subword
+        raw.setdefault(section, {})[name] = parsed
+    return Config.from_dict(raw)
