@@ -9,6 +9,7 @@ RUN     ?= runs/tiny
 CONFIG  ?= tiny
 PIPELINE_ARGS ?=
 TRAIN_ARGS ?=
+ABLATE_ARGS ?=
 
 .PHONY: install test bench preprocess train demo ablate lint clean
 
@@ -41,11 +42,13 @@ train: install
 demo: install
 	$(PY) -m demo
 
+# The grid needs shards: build them from ../shared/data first if there are none.
 ablate: install
-	$(PY) -m trainer.ablate --data $(SHARDS)
+	test -f $(SHARDS)/manifest.json || $(MAKE) preprocess
+	$(PY) -m trainer.ablate --data $(SHARDS) $(ABLATE_ARGS)
 
 lint: install
-	$(PY) -m ruff check masking pipeline trainer tests bench
+	$(PY) -m ruff check masking pipeline trainer demo tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info

@@ -59,3 +59,17 @@ def extract_articles(dump: Path, out_dir: Path) -> list[Path]:
 
 def wikipedia_sample(work_dir: Path) -> list[Path]:
     return extract_articles(fetch_wikipedia_dump(work_dir / "cache"), work_dir / "wiki-extracted")
+
+
+def first_articles(files: list[Path], count: int, out: Path) -> Path:
+    """The first `count` `<doc>` articles of WikiExtractor files, in one file (a quicker demo)."""
+    docs: list[str] = []
+    for path in files:
+        for chunk in path.read_text(encoding="utf-8").split("</doc>\n"):
+            if len(docs) < count and "<doc " in chunk:
+                docs.append(chunk + "</doc>\n")
+    if not docs:
+        raise RuntimeError(f"no <doc> articles in {[str(f) for f in files]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(docs), encoding="utf-8")
+    return out

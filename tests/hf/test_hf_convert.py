@@ -44,7 +44,7 @@ def our_outputs(model: SpanBert, ids, mask) -> tuple[torch.Tensor, torch.Tensor]
     """(last hidden state, MLM logits at every position)."""
     with torch.no_grad():
         hidden = model.bert(ids, mask.bool())  # the trainer feeds a bool mask
-        return hidden, model.cls.predictions(hidden, model.bert.embeddings.word_embeddings.weight)
+        return hidden, model.mlm_logits(hidden)
 
 
 def assert_close(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor) -> None:

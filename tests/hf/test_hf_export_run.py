@@ -57,7 +57,7 @@ def test_exported_run_fills_masks_like_the_checkpoint(trained, tmp_path):
     where = int((ids[0] == fill.tokenizer.mask_token_id).nonzero())
     with torch.no_grad():
         hidden = model.bert(ids, None)[0, where]
-        logits = model.cls.predictions(hidden, model.bert.embeddings.word_embeddings.weight)
+        logits = model.mlm_logits(hidden)
     assert [p["token"] for p in predictions] == logits.topk(5).indices.tolist()
     probs = logits.softmax(-1).topk(5).values.tolist()
     assert [p["score"] for p in predictions] == pytest.approx(probs, abs=1e-5)
@@ -90,8 +90,17 @@ def test_export_finds_a_vocabulary_kept_in_the_run_directory(trained, tmp_path):
 
 def test_export_needs_the_run_vocabulary(trained, tmp_path):
     shards, run_dir = trained
+    # The trainer keeps the vocabulary in the run directory, so a run exports on its own.
+    assert export_main([str(run_dir), str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "vocab.txt").read_text(encoding="utf-8") == (shards / "vocab.txt").read_text(encoding="utf-8")
+    # A checkpoint moved away from its run has only the vocabulary's hash: export says what to pass.
+    lonely = tmp_path / "lonely" / "checkpoints"
+    lonely.mkdir(parents=True)
+    newest = sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
+    for f in (newest, newest.with_suffix(".json")):
+        shutil.copyfile(f, lonely / f.name)
     with pytest.raises(FileNotFoundError, match="records only its vocabulary's sha256.*pass --data SHARD_DIR"):
-        export_main([str(run_dir), str(tmp_path / "a")])
+        export_main([str(lonely / newest.name), str(tmp_path / "a2")])
 
     tokens = (shards / "vocab.txt").read_text(encoding="utf-8").splitlines()
     tokens[2000], tokens[2001] = tokens[2001], tokens[2000]
