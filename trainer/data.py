@@ -187,7 +187,7 @@ class BlockStream(IterableDataset):
 
     def __init__(
         self, data_dir: str | Path, cfg: DataConfig, *, max_len: int, max_sbo_targets: int, seed: int,
-        rank: int = 0, world: int = 1, start: int = 0,
+        rank: int = 0, world: int = 1, start: int = 0, sbo: bool = True,
     ):
         super().__init__()
         if start % world:
@@ -195,6 +195,7 @@ class BlockStream(IterableDataset):
         self.data_dir, self.cfg, self.seed = Path(data_dir), cfg, seed
         self.rank, self.world, self.start = rank, world, start
         self.max_len, self.max_sbo_targets = max_len, max_sbo_targets
+        self.sbo = sbo and cfg.mode == "single"  # SBO targets only for a model with the SBO head
         self.shards = ShardSet(data_dir, cfg.vocab_sha256)
         self.vocab = shard_vocab(self.shards.manifest)
         specials = NUM_SPECIALS[cfg.mode]
@@ -229,7 +230,7 @@ class BlockStream(IterableDataset):
     # -- one batch -------------------------------------------------------------------------------
     def collate(self, epoch: int, rows: np.ndarray) -> dict[str, torch.Tensor]:
         parts = [self._bare_single(int(r)) if self.cfg.mode == "single" else self._bare_pair(epoch, int(r)) for r in rows]
-        batch = collate_blocks(parts, self.masker, self.vocab, self.cfg, self.max_len, epoch, rows)
+        batch = collate_blocks(parts, self.masker, self.vocab, self.cfg, self.max_len, epoch, rows, sbo=self.sbo)
         batch["row_ids"] = torch.from_numpy(rows.astype(np.int64))
         batch["epoch"] = torch.full((len(rows),), epoch, dtype=torch.int64)
         return batch
@@ -294,7 +295,7 @@ def build_masker(cfg: DataConfig, vocab: Vocab, unigram_counts: np.ndarray | Non
 
 
 def collate_blocks(parts: list[dict], masker, vocab: Vocab, cfg: DataConfig, max_len: int, epoch: int,
-                   rows: np.ndarray) -> dict[str, torch.Tensor]:
+                   rows: np.ndarray, sbo: bool = True) -> dict[str, torch.Tensor]:
     """Bare blocks (dicts with ids, word_start, optional spans; pair mode: a, nsp) -> one padded batch.
 
     Masks in a batch are drawn in one vectorised masker call; rows are the blocks' global ids.
@@ -314,12 +315,13 @@ def collate_blocks(parts: list[dict], masker, vocab: Vocab, cfg: DataConfig, max
         "mlm_positions": np.zeros((b, slots), np.int64),
         "mlm_labels": np.full((b, slots), IGNORE, np.int64),
     }
-    if cfg.mode == "single":
+    sbo = sbo and cfg.mode == "single"
+    if sbo:
         out.update(
             sbo_left=np.zeros((b, slots), np.int64), sbo_right=np.zeros((b, slots), np.int64),
             sbo_rel=np.zeros((b, slots), np.int64), sbo_labels=np.full((b, slots), IGNORE, np.int64),
         )
-    else:
+    if cfg.mode == "pair":
         out["token_type_ids"] = np.zeros((b, seq_len), np.int64)
         out["nsp_labels"] = np.array([p["nsp"] for p in parts], np.int64)
     attention_mask = np.zeros((b, seq_len), bool)
@@ -329,11 +331,11 @@ def collate_blocks(parts: list[dict], masker, vocab: Vocab, cfg: DataConfig, max
         attention_mask[i, :n] = True
         out["mlm_positions"][i, :m] = s["mlm_pos"]
         out["mlm_labels"][i, :m] = s["mlm_labels"]
-        if cfg.mode == "single":
+        if sbo:
             k = len(s["sbo_labels"])
             for key in ("sbo_left", "sbo_right", "sbo_rel", "sbo_labels"):
                 out[key][i, :k] = s[key]
-        else:
+        if cfg.mode == "pair":
             out["token_type_ids"][i, parts[i]["a"] + 2 : n] = 1
     if not attention_mask.all():  # no key at all when nothing is padded: SDPA's fastest path
         out["attention_mask"] = attention_mask

@@ -87,7 +87,8 @@ def evaluate_checkpoint(
     if holdout_fraction is not None:
         data_cfg = replace(data_cfg, holdout_fraction=holdout_fraction)
     stream = BlockStream(
-        data, data_cfg, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets, seed=seed
+        data, data_cfg, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets, seed=seed,
+        sbo=cfg.model.use_sbo,
     )
     rows = stream.heldout_rows if split == "heldout" else np.arange(len(stream.shards))
     if len(rows) == 0:

@@ -183,7 +183,7 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
     # -- data ----------------------------------------------------------------------------------
     stream = BlockStream(
         data_dir, cfg.data, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets,
-        seed=tc.seed, rank=d.rank, world=d.world, start=position,
+        seed=tc.seed, rank=d.rank, world=d.world, start=position, sbo=cfg.model.use_sbo,
     )
     if stream.vocab.size != cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size {cfg.model.vocab_size} != the shards' vocabulary size {stream.vocab.size}")

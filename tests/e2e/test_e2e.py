@@ -127,3 +127,14 @@ def test_demo_end_to_end_without_shared_data(tmp_path):
 
     _, info = BertForMaskedLM.from_pretrained(out / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_single_sequence_without_sbo_has_no_sbo_targets_or_metrics(shards, tmp_path):
+    # Table 7's "1seq" row: MLM only. Neither its batches nor its logs may carry an SBO objective.
+    cfg = tiny_config(model={"use_sbo": False}, train={"max_steps": 2})
+    stream = BlockStream(shards, cfg.data, max_len=64, max_sbo_targets=15, seed=0, sbo=cfg.model.use_sbo)
+    assert not any(k.startswith("sbo_") for k in stream.collate(0, np.arange(4)))
+    r = cli(["--config", "tiny", "--data", str(shards), "--out", str(tmp_path / "run"), *set_args(cfg)])
+    assert r.returncode == 0, r.stderr
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged and all("mlm_loss" in m and "sbo_loss" not in m for m in logged)
