@@ -120,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         load_config(args.config, [*row.overrides, *args.set])
     args.out.mkdir(parents=True, exist_ok=True)
 
-    subprocess.run(
-        [sys.executable, "-m", "masking.stats", "--shards", str(args.data), "--scheme", "geometric",
-         "--blocks", "2000", "--json", "--plot", str(args.out / "span_lengths.png")],
-        check=True, stdout=open(args.out / "masking_stats.json", "w"),  # noqa: SIM115 - closed at exit
-    )
+    with open(args.out / "masking_stats.json", "w", encoding="utf-8") as stats:
+        subprocess.run(
+            [sys.executable, "-m", "masking.stats", "--shards", str(args.data), "--scheme", "geometric",
+             "--blocks", "2000", "--json", "--plot", str(args.out / "span_lengths.png")],
+            check=True, stdout=stats,
+        )
     results = []
     for row in rows:
         run_dir = args.out / "runs" / row.name

@@ -110,6 +110,17 @@ def latest_valid(run_dir: Path, log=lambda msg: print(msg, file=sys.stderr)) -> 
     return None
 
 
+def load_run_or_file(src: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint file (verified against its sidecar), or the newest valid one of a run directory."""
+    src = Path(src)
+    if src.is_file():
+        return src, load(src)
+    found = latest_valid(src) if src.is_dir() else None
+    if found is None:
+        raise FileNotFoundError(f"{src}: not a checkpoint file, nor a run directory with a valid checkpoints/step-*.pt")
+    return found
+
+
 # -- RNG state: every generator that influences training -----------------------------------------
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

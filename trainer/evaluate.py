@@ -28,17 +28,6 @@ from trainer.model import IGNORE, OBJECTIVES, SpanBert
 EVAL_SEED = 20_200_101  # masks for evaluation: independent of every training seed
 
 
-def load_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """A run directory (its newest valid checkpoint) or one checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        found = checkpoint.latest_valid(path)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no valid checkpoint under {checkpoint.ckpt_dir(path)}")
-        return found
-    return path, checkpoint.load(path)
-
-
 @torch.no_grad()
 def evaluate(
     model: SpanBert, stream: BlockStream, rows: np.ndarray, batch_size: int, device: torch.device
@@ -77,7 +66,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Held-out (or all-row) metrics of a checkpoint. `scheme` / `single_sequence` re-mask with another
     scheme in one sequence, so differently trained rows can be scored on the same task."""
-    path, state = load_checkpoint(checkpoint_path)
+    path, state = checkpoint.load_run_or_file(checkpoint_path)
     cfg = Config.from_dict(state["config"])
     data_cfg = replace(cfg.data, vocab_sha256=state["vocab_sha256"])
     if scheme is not None:

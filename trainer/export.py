@@ -90,17 +90,6 @@ def save_tokenizer(vocab: Vocabulary, max_length: int, out_dir: Path) -> None:
     (out_dir / "vocab.txt").write_text("\n".join(vocab.tokens) + "\n", encoding="utf-8")
 
 
-def load_checkpoint(src: str | Path) -> tuple[Path, dict[str, Any]]:
-    """A checkpoint file (verified against its sidecar), or the newest valid one of a run directory."""
-    src = Path(src)
-    if src.is_file():
-        return src, checkpoint.load(src)
-    found = checkpoint.latest_valid(src) if src.is_dir() else None
-    if found is None:
-        raise FileNotFoundError(f"{src}: not a checkpoint file, nor a run directory with a valid checkpoints/step-*.pt")
-    return found
-
-
 def locate_vocab(ckpt: Path, vocab: str | None, tokenizer: str | None, data: str | None) -> Path:
     """The vocabulary file to export, from the options or else the run directory (RUN_DIR/checkpoints/x.pt)."""
     given = [p for p in (vocab, tokenizer) if p]
@@ -124,7 +113,7 @@ def export_checkpoint(
     data: str | None = None, encoder_only: bool = False,
 ) -> Path:
     """`python -m trainer.export` as a function."""
-    path, state = load_checkpoint(src)
+    path, state = checkpoint.load_run_or_file(src)
     cfg = ModelConfig(**state["config"]["model"])
     vocab_path = locate_vocab(path, vocab, tokenizer, data)
     v = check_vocab(vocab_path, state["vocab_sha256"], cfg.vocab_size, f"checkpoint {path.name}")

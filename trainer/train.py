@@ -170,8 +170,6 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
             log.info(f"world size changed {state['world_size']} -> {d.world}: dropout RNG reseeded (not bit-exact)")
             torch.manual_seed(tc.seed + 1 + d.rank + 1_000_003 * step)
         log.info(f"resumed from {path} at step {step}, data position {position}")
-    elif resume not in ("never", "auto"):
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
     elif resume == "never" and checkpoint.ckpt_dir(out_dir).is_dir() and any(checkpoint.ckpt_dir(out_dir).glob("*.pt")):
         raise FileExistsError(f"{out_dir} already has checkpoints: pass --resume auto to continue, or a fresh --out")
     elif init_from is not None:  # a fresh run starting from transformers weights (checked against the shards' vocab)
@@ -221,7 +219,7 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
     # -- the loop ------------------------------------------------------------------------------
     peak = _peak_flops(d.device)
     mask_ratio = cfg.data.mask_ratio
-    nonfinite_in_a_row, window = 0, _Window()
+    nonfinite_in_a_row, window, first_step = 0, _Window(), step
     progress = log.progress(step, tc.max_steps)
     try:
         while step < tc.max_steps:
@@ -272,7 +270,8 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
                 )
             if step % tc.ckpt_every == 0 and step < tc.max_steps:
                 save()
-        save()  # at the end, and on SIGTERM
+        if step > first_step:  # at the end and on SIGTERM; a run resumed at its end has nothing new to save
+            save()
     finally:
         progress.close()
         log.close()
@@ -285,7 +284,7 @@ def _find_checkpoint(out_dir: Path, resume: str, log: _Logger) -> tuple[Path, di
         return None
     if resume == "auto":
         return checkpoint.latest_valid(out_dir, log=log.info)
-    return Path(resume), checkpoint.load(Path(resume))
+    return checkpoint.load_run_or_file(resume)  # a step-N.pt, or another run directory's newest
 
 
 def _gather_rng(d: Dist) -> list[dict]:

@@ -108,3 +108,23 @@ def test_checkpoint_files_are_verified_and_pruned(tmp_path):
     (tmp_path / "checkpoints" / "step-00000002.json").unlink()  # a save that never finished
     assert checkpoint.latest_valid(tmp_path, log=messages.append) is None
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def test_resume_from_a_checkpoint_file_and_from_a_finished_run(shard_dir, tmp_path, reference):
+    first = tmp_path / "first"
+    assert cli(_args(shard_dir, first, workers=0)).returncode == 0
+    saved = sorted((first / "checkpoints").glob("step-*.pt"))
+    final, before = saved[-1], saved[-1].stat().st_mtime_ns
+    # Resuming a finished run trains nothing and rewrites nothing.
+    again = cli([*_args(shard_dir, first, workers=0), "--resume", "auto"])
+    assert again.returncode == 0, again.stderr
+    assert final.stat().st_mtime_ns == before
+    # An explicit checkpoint file continues, in another run directory, exactly where it was saved.
+    mid = saved[-2]
+    second = tmp_path / "second"
+    cont = cli([*_args(shard_dir, second, workers=0), "--resume", str(mid)])
+    assert cont.returncode == 0, cont.stderr
+    start = int(mid.stem.split("-")[1])
+    assert losses(second) == {s: reference[s] for s in range(start + 1, STEPS + 1)}
+    missing = cli([*_args(shard_dir, tmp_path / "third", workers=0), "--resume", str(tmp_path / "nowhere")])
+    assert missing.returncode != 0 and "not a checkpoint file" in missing.stderr
