@@ -106,4 +106,6 @@ def _flags(flag: str, values: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from contract.cli import run_main
+
+    sys.exit(run_main(main))

@@ -315,4 +315,6 @@ def plot(r: dict[str, Any], out: Path) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from contract.cli import run_main
+
+    raise SystemExit(run_main(main))

@@ -2,6 +2,7 @@
 
 import sys
 
+from contract.cli import run_main
 from pipeline.run import main
 
-sys.exit(main())
+sys.exit(run_main(main))

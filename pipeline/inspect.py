@@ -1,43 +1,43 @@
 """`python -m pipeline.inspect DIR`: manifest summary, shard verification, one decoded block.
 
-Exit status 1 when a shard is missing or its sha256 / row count / token count disagrees with the
-manifest, so the command doubles as a check in scripts.
+Every shard's size and sha256 are compared with the manifest before anything is decoded, and every
+mismatch is reported (MISMATCH lines on stderr); then the shards whose bytes match get the structural
+checks the trainer makes on open. Exit status 1 when anything disagrees with the manifest, so the
+command doubles as a check in scripts; 2 (`error: ...`) when the directory has no readable manifest.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
-
-from pipeline.schema import open_shard, read_manifest
+from contract.cli import run_main
+from pipeline.schema import Manifest, ShardError, hash_problems, open_checked, open_shard, read_manifest
 from pipeline.tokenizer import load_tokenizer
 
 
 def verify(directory: Path) -> list[str]:
-    """Problems found (empty list: every shard matches the manifest)."""
-    manifest = read_manifest(directory)
-    problems = []
-    for entry, path in zip(manifest.raw["shards"], manifest.shard_paths, strict=True):
-        if not path.is_file():
-            problems.append(f"{entry['file']}: missing")
-            continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != entry["sha256"]:
-            problems.append(f"{entry['file']}: sha256 {digest[:12]}… != manifest {entry['sha256'][:12]}…")
-            continue
-        table = open_shard(path)
-        tokens = int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
-        if table.num_rows != entry["rows"] or tokens != entry["tokens"]:
-            problems.append(f"{entry['file']}: {table.num_rows} rows / {tokens} tokens, manifest says {entry['rows']} / {entry['tokens']}")
+    """Problems found (empty list: every shard matches the manifest). Bytes first: size and sha256 of every
+    shard before anything is decoded (a corrupt file can crash Arrow); then, for the shards whose bytes
+    match, the checks the trainer makes on open (schema, rows, tokens)."""
+    return [f"{path.name}: {why}" for path, why in _problems(read_manifest(directory)).items()]
+
+
+def _problems(manifest: Manifest) -> dict[Path | str, str]:
+    problems: dict[Path | str, str] = dict(hash_problems(manifest))
+    for index, path in enumerate(manifest.shard_paths):
+        if path not in problems:
+            try:
+                open_checked(manifest, index)
+            except ShardError as e:
+                problems[path] = e.reason
     counts = manifest.unigram_counts()
     if int(counts.sum()) != manifest.raw["totals"]["tokens"]:
-        problems.append(f"unigram counts sum to {int(counts.sum())}, totals say {manifest.raw['totals']['tokens']} tokens")
+        problems[Path(manifest.raw["unigram_counts"])] = (
+            f"counts sum to {int(counts.sum())}, totals say {manifest.raw['totals']['tokens']} tokens")
     return problems
 
 
@@ -64,32 +64,37 @@ def mark_spans(tokens: list[str], entities: list[dict[str, Any]], noun_phrases: 
     return "".join(out)
 
 
-def describe(directory: Path, shard: int = 0, row: int = 0) -> str:
-    manifest = read_manifest(directory)
-    raw = manifest.raw
-    t = raw["totals"]
+def describe(manifest: Manifest) -> str:
+    """The manifest's accounting, one line per shard (reads no shard)."""
+    raw, t = manifest.raw, manifest.raw["totals"]
     lines = [
-        f"{directory}: format {raw['format_version']}, block size {raw['block_size']}, "
-        f"annotated {raw['annotated']}, vocab {manifest.vocab_size} ({manifest.vocab_sha256[:12]}…)",
-        f"documents read {t['documents_read']} = written {t['documents_written']} + rejected {t['documents_rejected']}"
-        f"; blocks {t['blocks']}, tokens {t['tokens']}, words {t['words']}",
+        f"{manifest.directory}: format {raw['format_version']}, block size {raw['block_size']}, "
+        f"annotated {raw.get('annotated')}, vocab {manifest.vocab_size} ({manifest.vocab_sha256[:12]}…)",
+        f"documents read {t.get('documents_read')} = written {t.get('documents_written')} + rejected "
+        f"{t.get('documents_rejected')}; blocks {t['blocks']}, tokens {t['tokens']}, words {t.get('words')}",
     ]
-    lines += [f"  rejected {k}: {v}" for k, v in sorted(raw["rejections"].items())]
-    lines += [f"  cleaned {k}: {v}" for k, v in raw["cleaning"].items() if v]
-    lines += [f"  {k}: {v}" for k, v in raw["spans"].items() if v]
+    lines += [f"  rejected {k}: {v}" for k, v in sorted(raw.get("rejections", {}).items())]
+    lines += [f"  cleaned {k}: {v}" for k, v in raw.get("cleaning", {}).items() if v]
+    lines += [f"  {k}: {v}" for k, v in raw.get("spans", {}).items() if v]
     for s in raw["shards"]:
         lines.append(f"  {s['file']}: {s['rows']} rows, {s['tokens']} tokens, sha256 {s['sha256'][:16]}…")
-    table = open_shard(manifest.shard_paths[shard])
-    if table.num_rows:
-        r = table.slice(min(row, table.num_rows - 1), 1).to_pylist()[0]
-        tok = load_tokenizer(tokenizer_json=manifest.tokenizer_path)
-        tokens = [tok.id_to_token(i) for i in r["input_ids"]]
-        lines.append(
-            f"\nsample: {r['doc_id']} block {r['block_index'] + 1}/{r['num_blocks']}, {len(tokens)} pieces,"
-            f" {len(r['entity_spans'])} entities [..]LABEL, {len(r['noun_phrase_spans'])} noun phrases {{..}}:"
-        )
-        lines.append(mark_spans(tokens, r["entity_spans"], r["noun_phrase_spans"]))
     return "\n".join(lines)
+
+
+def sample(manifest: Manifest, shard: int, row: int) -> str:
+    """One decoded block with its spans marked (only ever called on a shard that verified)."""
+    table = open_shard(manifest.shard_paths[shard])
+    if not table.num_rows:
+        return f"sample: {manifest.shard_paths[shard].name} has no rows"
+    r = table.slice(min(row, table.num_rows - 1), 1).to_pylist()[0]
+    path = manifest.tokenizer_path
+    tok = load_tokenizer(tokenizer_json=path) if path.suffix == ".json" else load_tokenizer(vocab=path)
+    tokens = [tok.id_to_token(i) for i in r["input_ids"]]
+    return "\n".join([
+        f"sample: {r['doc_id']} block {r['block_index'] + 1}/{r['num_blocks']}, {len(tokens)} pieces,"
+        f" {len(r['entity_spans'])} entities [..]LABEL, {len(r['noun_phrase_spans'])} noun phrases {{..}}:",
+        mark_spans(tokens, r["entity_spans"], r["noun_phrase_spans"]),
+    ])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,14 +103,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shard", type=int, default=0, help="shard of the sample block")
     p.add_argument("--row", type=int, default=0, help="row of the sample block")
     args = p.parse_args(argv)
-    print(describe(args.directory, args.shard, args.row))
-    problems = verify(args.directory)
-    for line in problems:
-        print(f"MISMATCH {line}", file=sys.stderr)
-    n = len(read_manifest(args.directory).raw["shards"])
+    manifest = read_manifest(args.directory)
+    n = len(manifest.raw["shards"])
+    if not 0 <= args.shard < n:
+        p.error(f"--shard {args.shard}: the manifest lists {n} shards")
+    print(describe(manifest))
+    problems = _problems(manifest)  # every mismatch, before anything decodes a shard
+    for where, why in problems.items():
+        print(f"MISMATCH {where}: {why}", file=sys.stderr)
+    chosen = manifest.shard_paths[args.shard]
+    if chosen in problems:
+        print(f"\nsample: skipped, {chosen.name} failed verification")
+    else:
+        print("\n" + sample(manifest, args.shard, args.row))
     print(f"\nverified {n} shards: {'OK' if not problems else f'{len(problems)} problems'}")
     return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -10,6 +10,7 @@ An output directory holds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,3 +98,74 @@ def open_shard(path: str | Path) -> pa.Table:
     """Memory-map one shard (no copy into process memory)."""
     with pa.memory_map(str(path), "r") as source:
         return pa.ipc.open_file(source).read_all()
+
+
+# -- integrity: a shard is checked against its manifest entry before anything trusts it -----------------
+class ShardError(ValueError):
+    """A shard disagrees with its manifest; the message is one line naming the file and what to do."""
+
+    def __init__(self, path: str | Path, reason: str, directory: str | Path):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}; {check_hint(directory)}")
+
+
+def check_hint(directory: str | Path) -> str:
+    return (f"check with `python -m pipeline.inspect {directory}` and rebuild with "
+            f"`python -m pipeline ... --output {directory} --overwrite`")
+
+
+def file_sha256(path: str | Path) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file, streamed (a shard or checkpoint never sits in memory whole)."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def hash_problems(manifest: Manifest) -> dict[Path, str]:
+    """{shard path: what is wrong} for every shard whose bytes differ from the manifest (missing, size,
+    sha256), found without decoding anything: a corrupt file can make Arrow itself fail, so this comes first."""
+    problems = {}
+    for entry, path in zip(manifest.raw["shards"], manifest.shard_paths, strict=True):
+        if not path.is_file():
+            problems[path] = f"missing (listed in {MANIFEST})"
+            continue
+        size, digest = file_sha256(path)
+        if "bytes" in entry and size != entry["bytes"]:
+            problems[path] = f"{size} bytes, {MANIFEST} says {entry['bytes']} (truncated or rewritten)"
+        elif digest != entry["sha256"]:
+            problems[path] = f"sha256 {digest[:12]}… != {MANIFEST} {entry['sha256'][:12]}… (corrupt or rewritten)"
+    return problems
+
+
+def open_checked(manifest: Manifest, index: int) -> pa.Table:
+    """Memory-map shard `index` after the checks that cost no pass over the token data: it exists, has the
+    manifest's size, is an Arrow file with the contract's columns, and its offsets are consistent with the
+    manifest's row and token counts. ShardError (one line, naming the file) otherwise."""
+    entry, path = manifest.raw["shards"][index], manifest.shard_paths[index]
+
+    def fail(reason: str) -> ShardError:
+        return ShardError(path, reason, manifest.directory)
+
+    if not path.is_file():
+        raise fail(f"missing (listed in {MANIFEST})")
+    size = path.stat().st_size
+    if "bytes" in entry and size != entry["bytes"]:
+        raise fail(f"{size} bytes, {MANIFEST} says {entry['bytes']} (truncated or rewritten)")
+    try:
+        table = open_shard(path)
+        table.validate(full=True)  # offsets and UTF-8 only (O(rows)); token values are checked as they are read
+    except (pa.ArrowException, OSError) as e:
+        raise fail(f"not a valid Arrow shard ({' '.join(str(e).split())})") from e
+    for want in BLOCK_SCHEMA:
+        got = table.schema.field(want.name).type if want.name in table.schema.names else None
+        if got != want.type:
+            raise fail(f"column {want.name!r} is {got or 'missing'}, the shard contract says {want.type}")
+    if table.num_rows != entry["rows"]:
+        raise fail(f"{table.num_rows} rows, {MANIFEST} says {entry['rows']}")
+    tokens = sum(int(c.offsets[-1].as_py()) - int(c.offsets[0].as_py()) for c in table.column("input_ids").chunks)
+    if "tokens" in entry and tokens != entry["tokens"]:
+        raise fail(f"{tokens} tokens, {MANIFEST} says {entry['tokens']}")
+    return table

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
+from contract.cli import run_main
 from pipeline.documents import FORMATS, FRAMERS, CleanOptions, Document, clean_document
 from pipeline.io import match_inputs, parse_input, source_base
 from pipeline.tokenizer import SPECIAL_TOKENS, bert_normalizer, vocab_list
@@ -88,4 +89,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -1,4 +1,4 @@
-"""python -m trainer --config CONFIG --data SHARDS --out RUN_DIR [--max-steps N] [--set key=value ...] [--resume auto] [--init-from HF_DIR]
+"""python -m trainer --config CONFIG --data SHARDS --out RUN_DIR [--max-steps N] [--set key=value ...] [--resume auto] [--init-from HF_DIR] [--verify-shards]
 
 The same command runs under `torchrun --nproc_per_node=N -m trainer ...` (gloo on CPU, NCCL on GPU).
 """
@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from contract.cli import run_main
+from pipeline.schema import ShardError, hash_problems, read_manifest
 from trainer.config import load_config
 from trainer.train import run
 
@@ -25,9 +27,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="'auto': newest valid checkpoint in --out; a checkpoint path; 'never' (default)")
     p.add_argument("--init-from", metavar="HF_DIR",
                    help="start a fresh run from a transformers BERT directory (ignored when a checkpoint resumes)")
+    p.add_argument("--verify-shards", action="store_true",
+                   help="compare every shard's sha256 with the manifest before training (reads every byte once)")
     args = p.parse_args(argv)
     overrides = list(args.set) + ([f"train.max_steps={args.max_steps}"] if args.max_steps is not None else [])
     cfg = load_config(args.config, overrides)
+    if args.verify_shards:  # before anything decodes a shard: a corrupt file can make Arrow itself fail
+        problems = hash_problems(read_manifest(args.data))
+        if problems:
+            raise ShardError(args.data, f"--verify-shards: {len(problems)} shard(s) differ from the manifest: "
+                             + "; ".join(f"{path.name}: {why}" for path, why in problems.items()), args.data)
     summary = run(cfg, args.data, args.out, resume=args.resume, init_from=args.init_from)
     if os.environ.get("RANK", "0") == "0":
         print(f"[trainer] done: {summary}", file=sys.stderr)
@@ -35,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

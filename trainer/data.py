@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from masking import Masker, MaskingConfig
-from pipeline.schema import Manifest, open_shard, read_manifest
+from pipeline.schema import Manifest, ShardError, open_checked, read_manifest
 from pipeline.tokenizer import load_tokenizer, special_ids
 from trainer.config import DataConfig
 from trainer.model import IGNORE
@@ -47,6 +47,8 @@ class ShardSet:
     """Every row of every shard in a manifest, addressed by a global row id (memory-mapped, no copy)."""
 
     def __init__(self, directory: str | Path, expected_vocab_sha256: str = ""):
+        """Every shard is checked against its manifest entry on open (pipeline.schema.open_checked), token ids
+        against the vocabulary when a batch first reads them; sha256: `python -m trainer --verify-shards`."""
         self.manifest: Manifest = read_manifest(directory)
         if expected_vocab_sha256 and expected_vocab_sha256 != self.manifest.vocab_sha256:
             raise ValueError(
@@ -54,10 +56,14 @@ class ShardSet:
                 f"this run uses {expected_vocab_sha256[:12]}...; re-run the pipeline or point --data elsewhere"
             )
         self.chunks: list[dict[str, pa.Array]] = []
-        for path in self.manifest.shard_paths:
-            table = open_shard(path)
+        self._chunk_origin: list[tuple[Path, int]] = []  # (shard file, its first row) per chunk, for messages
+        for index, path in enumerate(self.manifest.shard_paths):
+            table = open_checked(self.manifest, index)  # size, Arrow schema, rows, tokens vs the manifest
+            first = 0
             for i in range(table.column("input_ids").num_chunks):
                 self.chunks.append({name: table.column(name).chunk(i) for name in table.column_names})
+                self._chunk_origin.append((path, first))
+                first += len(self.chunks[-1]["input_ids"])
         rows = np.array([len(c["input_ids"]) for c in self.chunks], dtype=np.int64)
         self.chunk_start = np.concatenate([[0], np.cumsum(rows)])
         self._ids = [(c["input_ids"].offsets.to_numpy(), c["input_ids"].values.to_numpy()) for c in self.chunks]
@@ -65,6 +71,7 @@ class ShardSet:
         self.lengths = np.concatenate([np.diff(offsets) for offsets, _ in self._ids]).astype(np.int64)
         if len(self.lengths) == 0:
             raise ValueError(f"{directory}: the shards hold no rows")
+        self._ids_checked = np.zeros(len(self.chunks), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -76,12 +83,29 @@ class ShardSet:
     def ids(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids int32, word_start bool) of one block, bare (no [CLS]/[SEP])."""
         c, i = self._locate(row)
+        if not self._ids_checked[c]:
+            self._check_ids(c)
         offsets, values = self._ids[c]
         a, b = int(offsets[i]), int(offsets[i + 1])
         # Arrow packs booleans into bits: this one slice is the only copy a row costs.
         start = int(self._ws_offsets[c][i])
         word_start = self.chunks[c]["word_start"].values.slice(start, b - a).to_numpy(zero_copy_only=False)
         return values[a:b], word_start
+
+    def _check_ids(self, c: int) -> None:
+        """Token ids of chunk `c` inside the vocabulary: once per chunk, the first time a batch reads it (a
+        flipped byte that slipped past the cheap checks on open must not become an embedding lookup)."""
+        offsets, values = self._ids[c]
+        ids = values[int(offsets[0]) : int(offsets[-1])]
+        bad = np.flatnonzero((ids < 0) | (ids >= self.manifest.vocab_size))
+        if len(bad):
+            row = int(np.searchsorted(offsets, int(offsets[0]) + bad[0], side="right")) - 1
+            path, first = self._chunk_origin[c]
+            raise ShardError(
+                path, f"row {first + row} holds token id {int(ids[bad[0]])}, outside the vocabulary of "
+                f"{self.manifest.vocab_size} ({len(bad)} such ids in its record batch)", self.manifest.directory,
+            )
+        self._ids_checked[c] = True
 
     def spans(self, row: int, column: str) -> tuple[np.ndarray, list[str] | None]:
         """(k, 2) int32 half-open piece spans of `entity_spans` / `noun_phrase_spans`, and entity labels."""

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from contract.cli import run_main
 from trainer import checkpoint
 from trainer.config import SCHEMES, Config
 from trainer.data import BlockStream
@@ -112,14 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-blocks", type=int, default=0, help="evaluate at most this many rows (0 = all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    try:
-        result = evaluate_checkpoint(
-            args.checkpoint, args.data, split=args.split, scheme=args.scheme, single_sequence=args.single_sequence,
-            holdout_fraction=args.holdout_fraction, seed=args.seed, max_blocks=args.max_blocks,
-            batch_size=args.batch_size,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"trainer.evaluate: {e}") from None
+    result = evaluate_checkpoint(  # a bad checkpoint or shard directory: one `error:` line (contract.cli)
+        args.checkpoint, args.data, split=args.split, scheme=args.scheme, single_sequence=args.single_sequence,
+        holdout_fraction=args.holdout_fraction, seed=args.seed, max_blocks=args.max_blocks,
+        batch_size=args.batch_size,
+    )
     if args.json:
         print(json.dumps(result))
     else:
@@ -129,4 +127,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
+from contract.cli import run_main
 from pipeline.schema import read_manifest
 from trainer import checkpoint
 from trainer.config import ModelConfig
@@ -144,4 +145,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
