@@ -96,13 +96,13 @@ def _from_text(
 
 
 def _from_shards(directory: Path, n_blocks: int) -> tuple[list[TextBlock], int, dict[str, int], np.ndarray]:
-    from pipeline.schema import open_shard, read_manifest
+    from pipeline.schema import open_checked, read_manifest
     from pipeline.tokenizer import load_tokenizer, special_ids
 
     man = read_manifest(directory)
     blocks: list[TextBlock] = []
-    for path in man.shard_paths:
-        table = open_shard(path)
+    for index in range(len(man.shard_paths)):
+        table = open_checked(man, index)  # checked against the manifest: a bad shard is named, not decoded
         cols = {
             name: table.column(name).to_pylist()
             for name in ("input_ids", "word_start", "entity_spans", "noun_phrase_spans")

@@ -12,6 +12,7 @@ import sys
 from contract.cli import run_main
 from pipeline.schema import ShardError, hash_problems, read_manifest
 from trainer.config import load_config
+from trainer.data import masking_config
 from trainer.train import run
 
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     overrides = list(args.set) + ([f"train.max_steps={args.max_steps}"] if args.max_steps is not None else [])
     cfg = load_config(args.config, overrides)
+    masking_config(cfg.data, cfg.model.max_sbo_targets, cfg.train.seed)  # bad masking settings: fail before any work
     if args.verify_shards:  # before anything decodes a shard: a corrupt file can make Arrow itself fail
         problems = hash_problems(read_manifest(args.data))
         if problems:

@@ -1,8 +1,8 @@
 """Checkpoints: atomic, verified, keep-last-K, with everything an exact resume needs.
 
 Layout (RUN_DIR/checkpoints/):
-  step-00001000.pt     torch.save of {format_version, step, model, optimizer, scheduler, data, rng, config,
-                       vocab_sha256, world_size, nonfinite}
+  step-00001000.pt     torch.save of {format_version, step, model, optimizer, data, rng, config,
+                       vocab_sha256, world_size, nonfinite}: tensors and plain Python values only
   step-00001000.json   sidecar written after the .pt: {step, file, bytes, sha256}
 
 Both files are written to a temporary name, flushed, fsync'ed and renamed (os.replace), so a crash
@@ -10,13 +10,18 @@ leaves either the old or the new file, never half of one. A checkpoint is valid 
 exists and the .pt's size and sha256 match it; `latest_valid` walks from the newest step down and
 reports (not raises) every one it skips, so a truncated or corrupt newest checkpoint falls back to the
 one before.
+
+Loading never runs code: every load is `torch.load(weights_only=True)`, whose unpickler rebuilds only
+tensors and plain containers/numbers/strings, so a file crafted to run code when unpickled is refused
+(a ValueError naming it). The sha256 sidecar cannot protect against that: whoever wrote the file wrote
+the sidecar. Hence the RNG states are stored as tensors and lists, not numpy / `random` objects.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import sys
@@ -26,7 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+from pipeline.schema import file_sha256
+
+FORMAT_VERSION = 2  # 2: weights_only-loadable (RNG states as plain values), no scheduler state
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
 
@@ -49,15 +56,6 @@ def _atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
-def _sha256(path: Path) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
 def save(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
     """Write step-N.pt + its sidecar atomically, then delete all but the newest `keep_last`."""
     directory = ckpt_dir(run_dir)
@@ -65,7 +63,7 @@ def save(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Pat
     path = directory / f"step-{step:08d}.pt"
     # Streamed straight to disk (no in-memory copy of a multi-GB state), hashed from the page cache.
     _atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, f))
-    size, digest = _sha256(path)
+    size, digest = file_sha256(path)
     meta = {"step": step, "file": path.name, "bytes": size, "sha256": digest}
     _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
     for old in sorted(_steps(directory))[:-keep_last]:
@@ -85,14 +83,24 @@ def load(path: Path) -> dict[str, Any]:
     if not sidecar.is_file():
         raise ValueError(f"{path}: no sidecar {sidecar.name} (the save did not finish)")
     meta = json.loads(sidecar.read_text())
-    size, digest = _sha256(path)
+    size, digest = file_sha256(path)
     if size != meta["bytes"]:
         raise ValueError(f"{path}: truncated ({size} bytes, expected {meta['bytes']})")
     if digest != meta["sha256"]:
         raise ValueError(f"{path}: sha256 mismatch (corrupt file)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {state.get('format_version')}, this code reads {FORMAT_VERSION}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused a global: the file wants to build arbitrary objects
+        # torch's message is a page of advice (including how to load it anyway); keep only what was refused.
+        what = re.search(r"Unsupported (global|operand)[^.]*", str(e))
+        first = what.group(0) if what else " ".join(str(e).split())[:200]
+        raise ValueError(
+            f"{path}: refused, it holds Python objects beyond tensors and plain values (a checkpoint written "
+            f"by this trainer never does; format 1 files held numpy RNG state) and loading it could run code: {first}"
+        ) from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        version = state.get("format_version") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: checkpoint format {version}, this code reads {FORMAT_VERSION}")
     return state
 
 
@@ -121,17 +129,26 @@ def load_run_or_file(src: str | Path) -> tuple[Path, dict[str, Any]]:
     return found
 
 
-# -- RNG state: every generator that influences training -----------------------------------------
+# -- RNG state: every generator that influences training, as tensors and plain values (weights_only) --
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss_next = random.getstate()
+    algorithm, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        "numpy": {"algorithm": algorithm, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    np.random.set_state((npy["algorithm"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -308,13 +308,18 @@ class BlockStream(IterableDataset):
         }
 
 
-def build_masker(cfg: DataConfig, vocab: Vocab, unigram_counts: np.ndarray | None, max_sbo_targets: int, seed: int):
-    mcfg = MaskingConfig(
+def masking_config(cfg: DataConfig, max_sbo_targets: int, seed: int) -> MaskingConfig:
+    """The run's masking parameters, validated by masking.MaskingConfig (a bad one fails here, at once)."""
+    return MaskingConfig(
         scheme=cfg.scheme, mask_ratio=cfg.mask_ratio, geometric_p=cfg.geometric_p, max_span_words=cfg.max_span_words,
         mask_prob=cfg.mask_prob, random_prob=cfg.random_prob, linguistic_share=cfg.linguistic_share,
         excluded_entity_labels=cfg.excluded_entity_labels, max_sbo_targets=max_sbo_targets,
         sbo_edge_spans=cfg.sbo_edge_spans, seed=seed,
     )
+
+
+def build_masker(cfg: DataConfig, vocab: Vocab, unigram_counts: np.ndarray | None, max_sbo_targets: int, seed: int):
+    mcfg = masking_config(cfg, max_sbo_targets, seed)
     return Masker(mcfg, vocab_size=vocab.size, mask_id=vocab.mask, special_ids=vocab.specials, unigram_counts=unigram_counts)
 
 

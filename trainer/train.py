@@ -123,6 +123,12 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def lr_schedule(cfg: dict[str, Any]) -> tuple[float, int, int]:
+    """(peak lr, warm-up steps, step where the lr reaches 0) of a config dict: all the LR depends on."""
+    optim, train = cfg["optim"], cfg["train"]
+    return optim["lr"], optim["warmup_steps"], optim["schedule_steps"] or train["max_steps"]
+
+
 def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: str = "never",
         init_from: str | Path | None = None) -> dict[str, Any]:
     """Train; returns a summary. `resume`: "never", "auto" (newest valid checkpoint in out_dir) or a path.
@@ -148,8 +154,9 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
     model = SpanBert(cfg.model).to(d.device)
     fused = oc.fused and d.device.type in ("cuda", "cpu")
     optimizer = torch.optim.AdamW(decay_groups(model, oc.weight_decay), lr=oc.lr, betas=oc.betas, eps=oc.eps, fused=fused)
-    total = oc.schedule_steps or tc.max_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, oc.warmup_steps, total))
+    # The LR of step t is oc.lr * lr_factor(t, ...), set before every update: a function of (step, config),
+    # never carried in optimizer or checkpoint state, so a resume with a new schedule applies it at once.
+    peak_lr, warmup, total = lr_schedule(cfg.to_dict())
     torch.manual_seed(tc.seed + 1 + d.rank)  # dropout differs per rank
 
     # -- resume --------------------------------------------------------------------------------
@@ -160,9 +167,14 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
         if state["config"]["model"] != cfg.to_dict()["model"]:
             raise ValueError(f"{path}: the checkpoint's model config differs from this run's --config/--set")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        optimizer.load_state_dict(state["optimizer"])  # its stored lr is stale by design: overwritten each step
         step, position, nonfinite_total = state["step"], state["data"]["next_batch"], state["nonfinite"]
+        if (old := lr_schedule(state["config"])) != (peak_lr, warmup, total):
+            log.info(
+                f"LR schedule changed on resume: peak {old[0]:g} -> {peak_lr:g}, warm-up {old[1]} -> {warmup}, "
+                f"zero at step {old[2]} -> {total}; step {step + 1} runs at "
+                f"lr {peak_lr * lr_factor(step, warmup, total):.6g} (the new schedule)"
+            )
         cfg.data.vocab_sha256 = cfg.data.vocab_sha256 or state["vocab_sha256"]  # shards must match the run
         if state["world_size"] == d.world:
             checkpoint.set_rng_state(state["rng"][d.rank])
@@ -209,7 +221,7 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
 
     def save() -> None:
         state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "data": {"next_batch": position}, "rng": _gather_rng(d), "config": cfg.to_dict(),
             "vocab_sha256": stream.vocab.sha256, "world_size": d.world, "nonfinite": nonfinite_total,
         }
@@ -237,6 +249,9 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
             seqs = sum(len(b["input_ids"]) for b in micro)
             micro = [{k: v.to(d.device, non_blocking=True) for k, v in b.items() if k not in ("row_ids", "epoch")} for b in micro]
 
+            lr = peak_lr * lr_factor(step, warmup, total)  # skipped (non-finite) steps still advance the schedule
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             sums = train_step(net, micro, counts[:3], d.world, autocast)
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip_grad_norm or math.inf)
             finite = bool(torch.isfinite(norm))  # identical on every rank: gradients are all-reduced
@@ -248,8 +263,6 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
                 nonfinite_total += 1
                 log.info(f"step {step + 1}: non-finite loss/gradient, update skipped ({nonfinite_in_a_row} in a row)")
             optimizer.zero_grad(set_to_none=True)
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()  # skipped steps still advance the schedule: it stays aligned with the data
             step += 1
             position += tc.grad_accum * d.world
             window.add(sums, counts[:3], tokens * d.world, padded * d.world, seqs * d.world)
