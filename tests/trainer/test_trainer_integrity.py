@@ -118,10 +118,13 @@ def test_token_id_outside_the_vocabulary_is_caught_when_its_batch_is_read(shard_
 def test_inspect_hashes_before_decoding_and_reports_every_mismatch(shard_dir, tmp_path, capsys):
     d = _copy(shard_dir, tmp_path)
     first, second = read_manifest(d).shard_paths
-    _flip(first, first.stat().st_size // 2)  # 100 bytes inside the token data
+    row = _read(first).num_rows // 2
+    ids = np.asarray(_read(first).column("input_ids")[row].as_py(), np.int32).tobytes()
+    _flip(first, first.read_bytes().find(ids), 100)  # 100 bytes of that row's token ids: negative ids now
     _flip(second, 600)
     assert set(hash_problems(read_manifest(d))) == {first, second}
-    assert inspect_main([str(d)]) == 1  # no OverflowError from decoding a flipped block
+    # Asked to show the flipped row: decoding it would fail (OverflowError on a negative id); nothing decodes it.
+    assert inspect_main([str(d), "--row", str(row)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert [line.split(": ")[0] for line in err] == [f"MISMATCH {first}", f"MISMATCH {second}"]
     assert all("sha256" in line for line in err)
