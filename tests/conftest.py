@@ -70,7 +70,8 @@ def sample_corpus(root: Path, num_docs: int, max_chars: int) -> list[str]:
         return text if len(text) <= max_chars else text[: text.rfind(" ", 0, max_chars)]
 
     n_wiki = num_docs // 2
-    articles = re.findall(r'(<doc id="\d+"[^>]*>)\n(.*?)</doc>\n', WIKI_EXTRACTED.read_text(encoding="utf-8"), flags=re.S)
+    wiki_text = wikipedia_extract().read_text(encoding="utf-8")  # also outside pytest (bench/bench_trainer.py)
+    articles = re.findall(r'(<doc id="\d+"[^>]*>)\n(.*?)</doc>\n', wiki_text, flags=re.S)
     chapters = re.split(r"\n(?=CHAPTER )", (GUTENBERG / "carroll-alice.txt").read_text(encoding="utf-8"))[1:]
     if n_wiki > len(articles) or num_docs - n_wiki > len(chapters):
         raise ValueError(f"sample_corpus has {len(articles)} articles and {len(chapters)} chapters, not {num_docs} docs")
