@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     print("[demo] 1/8 corpus: real English Wikipedia from a registry package", flush=True)
-    articles = wikipedia_sample(out / "corpus")
+    articles = wikipedia_sample()
     if args.articles:
         articles = [first_articles(articles, args.articles, out / "corpus" / f"first-{args.articles}.txt")]
     inputs = [f"wikiextractor:{a}" for a in articles]

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from tests.trainer.conftest import REPO, cli, set_args, tiny_config
-from tests.trainer.shards import write_shards
 from trainer.data import BlockStream, ShardSet, split_rows
 from trainer.evaluate import evaluate_checkpoint
 
@@ -22,8 +21,9 @@ HOLDOUT = 0.3
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return write_shards(tmp_path_factory.mktemp("shards"), num_docs=12, block_size=64, num_shards=2, max_chars=2500)
+def shards(shard_dir) -> Path:
+    """The session's pipeline shards (tests/conftest.py): real annotated text, empty shards included."""
+    return shard_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """Session-scoped pipeline runs: each is made once and checked by many tests.
 
-Budget (2 cores): the heavy determinism / accounting runs use --no-annotate on the whole shared
-corpus (~3.2M words, a few seconds each); spaCy only sees a three-article slice.
+Budget (2 cores): the heavy determinism / accounting runs use --no-annotate on the whole real corpus
+(106 Wikipedia articles, 7 books and excerpts, 4 raw Gutenberg excerpts: ~0.6M words, a few seconds each);
+spaCy only sees a three-article slice.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from pipeline.run import run
 from pipeline.schema import open_shard, read_manifest
-from tests.conftest import GUTENBERG, GUTENBERG_RAW, VOCAB, WIKI_EXTRACTED
+from tests.conftest import GUTENBERG, GUTENBERG_RAW, WIKI_EXTRACTED, build_shards
 
 REAL_INPUTS = [
     f"wikiextractor:{WIKI_EXTRACTED}",
@@ -40,14 +40,12 @@ class Run:
 
 
 def run_pipeline(out: Path, inputs: list[str], *extra: str) -> Run:
-    argv = [a for spec in inputs for a in ("--input", spec)]
-    manifest = run([*argv, "--vocab", str(VOCAB), "--output", str(out), *extra])
-    return Run(out, manifest)
+    return Run(out, build_shards(out, inputs, *extra))
 
 
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory) -> Run:
-    """The whole shared corpus, no annotation, one worker."""
+    """The whole real corpus (tests/conftest.py), no annotation, one worker."""
     return run_pipeline(tmp_path_factory.mktemp("real"), REAL_INPUTS, "--num-shards", "4", "--no-annotate")
 
 

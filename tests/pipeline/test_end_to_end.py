@@ -102,7 +102,7 @@ def test_shards_are_sorted_and_keyed_by_doc_hash(real_run: Run) -> None:
 
 def test_accounting_real(real_run: Run) -> None:
     t = real_run.manifest["totals"]
-    assert t["documents_read"] == 106 + 15 + 4
+    assert t["documents_read"] == 106 + 7 + 4  # Wikipedia articles + committed books + raw Gutenberg books
     assert t["documents_read"] == t["documents_written"] + t["documents_rejected"]
     # the two Latin-1 books are dead-lettered by default, with the offending byte
     dead = real_run.dead_letters()
@@ -123,7 +123,7 @@ def test_gutenberg_raw_has_no_boilerplate_or_cr(real_run: Run, tokenizer) -> Non
     for name in ("gutenberg-raw/16215.txt", "gutenberg-raw/3261.txt"):
         text = tokenizer.decode([p for r in docs[name] for p in r["input_ids"]])
         assert "GUTENBERG" not in text.upper() and "\r" not in text
-        assert len(text) > 100_000
+        assert len(text) > 30_000  # the excerpts keep ~40 kB of each book between header and footer
 
 
 def _hashes(run: Run) -> dict[str, str]:

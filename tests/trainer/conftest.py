@@ -1,4 +1,5 @@
-"""Fixtures for the trainer tests: one small shard directory from real text, and tiny configs."""
+"""Fixtures for the trainer tests: tiny configs and the CLI runner (`shard_dir`, real pipeline output,
+comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.shards import write_shards
 from trainer.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,12 +26,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def shard_dir(tmp_path_factory) -> Path:
-    # 64-token sequences (62-piece blocks): small enough for fast CPU steps; doc ends give shorter blocks.
-    return write_shards(tmp_path_factory.mktemp("shards"), num_docs=12, block_size=64, num_shards=2, max_chars=2500)
 
 
 def tiny_config(**sections) -> Config:

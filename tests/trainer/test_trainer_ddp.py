@@ -32,7 +32,8 @@ def _halves(shard_dir) -> tuple[dict, dict, dict]:
     stream = BlockStream(shard_dir, DataConfig(batch_size=4, num_workers=0), max_len=64, max_sbo_targets=15, seed=3)
     lengths = stream.shards.lengths
     short = np.flatnonzero(lengths < 40)[:2]
-    rows = np.array([np.flatnonzero(lengths == lengths.max())[0], short[0], *np.flatnonzero(lengths == lengths.max())[1:2], short[1]])
+    longest = np.flatnonzero(lengths == lengths.max())[:2]
+    rows = np.array([*longest, *short])  # two full blocks, then two short ones: ~18 vs <= 12 MLM targets
     full = stream.collate(0, rows)
     half = [{k: v[i * 2 : (i + 1) * 2] for k, v in full.items()} for i in range(2)]
     return full, half[0], half[1]
