@@ -148,8 +148,8 @@ class TrainConfig:
             raise ValueError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.compile not in ("auto", True, False):
             raise ValueError(f"train.compile must be auto, true or false, got {self.compile!r}")
-        if self.ddp_bucket_mb <= 0:
-            raise ValueError("train.ddp_bucket_mb must be > 0")
+        if self.ddp_bucket_mb < 1:  # DDP's first bucket is 1 MB; compiled DDP needs the others as large
+            raise ValueError("train.ddp_bucket_mb must be >= 1")
         if self.max_minutes < 0:
             raise ValueError("train.max_minutes must be >= 0 (0: no time limit)")
         if self.log_every < 1 or self.ckpt_every < 1 or self.keep_last < 1 or self.max_nonfinite_in_a_row < 1:

@@ -125,6 +125,12 @@ def use_compile(setting: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
+def compile_model(net: nn.Module, backend: Any = "inductor") -> nn.Module:
+    # Default dynamic=None: dim 0 is marked dynamic (to_device); a dimension seen with a second value
+    # (the padded width) becomes dynamic on that one recompile, so the graphs stop growing after warm-up.
+    return torch.compile(net, backend=backend)
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device, compiled: bool) -> dict[str, torch.Tensor]:
     """A loader batch on the device, without the bookkeeping keys. Compiled: the row count (and the packed
     token count) vary from batch to batch, so dim 0 is marked dynamic up front; the padded width takes a
@@ -223,7 +229,7 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
                   gradient_as_bucket_view=True, bucket_cap_mb=tc.ddp_bucket_mb)
     compiled = use_compile(tc.compile, d.device)
     if compiled:
-        net = torch.compile(net)
+        net = compile_model(net)
     bf16 = tc.precision == "bf16" or (tc.precision == "auto" and d.device.type == "cuda")
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16)
 
