@@ -38,7 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainer.config import load_config  # noqa: E402
 from trainer.data import BlockStream, build_loader  # noqa: E402
 from trainer.model import SpanBert, decay_groups  # noqa: E402
-from trainer.train import PEAK_BF16_FLOPS, _optimizer_step, compile_model, global_counts, to_device, train_step  # noqa: E402
+from trainer.train import (  # noqa: E402
+    PEAK_BF16_FLOPS,
+    _optimizer_step,
+    compile_model,
+    global_counts,
+    to_device,
+    train_step,
+)
 
 
 @dataclasses.dataclass
@@ -117,7 +124,6 @@ def bench_training(size: str, data: Path, batch_tokens: int, seq: int, compiled:
         real_total, padded_total, seqs_total = real_total + real[0], padded_total + padded[0], seqs_total + seqs[0]
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     params = model.num_params()
-    del net, model, opt, loader, batches
     return Result(size, compiled, batch_tokens, min(times) * 1e3, statistics.median(times) * 1e3, statistics.median(rates),
                   1 - real_total / padded_total, real_total / seqs_total, params,
                   mcfg.num_layers, mcfg.hidden_size, mem, warmup_s)

@@ -166,8 +166,8 @@ class Pooler(nn.Module):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, cls_states: Tensor) -> Tensor:
-        return torch.tanh(self.dense(cls_states))
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.dense(x[:, 0]))
 
 
 class Bert(nn.Module):
@@ -314,7 +314,8 @@ class SpanBert(nn.Module):
 
         # NSP only when the batch has pairs: a 2seq model can still be scored on single sequences.
         if self.cls.seq_relationship is not None and "nsp_labels" in batch:
-            logits = self.cls.seq_relationship(self.bert.pooler(flat.index_select(0, start)))
+            cls_states = flat.index_select(0, start)[:, None]  # [b, 1, h]: the [CLS] rows, padded or packed
+            logits = self.cls.seq_relationship(self.bert.pooler(cls_states))
             out["nsp_loss"], out["nsp_correct"] = _ce_sum(logits, batch["nsp_labels"])
         return out
 

@@ -22,7 +22,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.schema import read_manifest
 from trainer import checkpoint
-from trainer.config import Config
+from trainer.config import Config, ModelConfig
 from trainer.data import BlockStream, build_loader
 from trainer.model import IGNORE, OBJECTIVES, SpanBert, decay_groups, flops_per_token
 
@@ -183,7 +183,8 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
     found = _find_checkpoint(out_dir, resume, log)
     if found is not None:
         path, state = found
-        if state["config"]["model"] != cfg.to_dict()["model"]:
+        saved = ModelConfig(**state["config"]["model"])  # older checkpoints: newer fields take their defaults
+        if replace(saved, attention=cfg.model.attention) != cfg.model:  # the kernel may change
             raise ValueError(f"{path}: the checkpoint's model config differs from this run's --config/--set")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

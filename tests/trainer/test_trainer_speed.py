@@ -253,7 +253,7 @@ def test_varlen_path_equals_padded_path(mixed_shards, mode):
         torch.manual_seed(0)
         model = SpanBert(_model_cfg(attention=attention, num_layers=2, **extra))
         seen = []
-        model.bert.encoder.layer[0].register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+        model.bert.encoder.layer[0].register_forward_hook(lambda m, i, o, seen=seen: seen.append(tuple(o.shape)))
         out = model(batch)
         sum(v for k, v in out.items() if k.endswith("_loss")).backward()
         results[attention] = (out, {n: p.grad for n, p in model.named_parameters()}, seen[0])
