@@ -11,7 +11,7 @@ PIPELINE_ARGS ?=
 TRAIN_ARGS ?=
 ABLATE_ARGS ?=
 
-.PHONY: install test bench preprocess train demo ablate lint clean
+.PHONY: install test bench preprocess train demo ablate lint clean gpu-shards
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,15 @@ demo: install
 ablate: install
 	test -f $(SHARDS)/manifest.json || $(MAKE) preprocess
 	$(PY) -m trainer.ablate --data $(SHARDS) $(ABLATE_ARGS)
+
+# Inputs of bench/gpu_check.sh (the GPU machine has no ../shared and maybe no pytest): 3 MB of real
+# 512-token blocks of the Wikipedia sample, and pytest copied from .venv (pure Python). Both under build/.
+gpu-shards: install
+	$(PY) -m pipeline --input 'wikiextractor:$(SHARED)/wiki/enwiki-sample-extracted.txt' --vocab $(VOCAB) \
+	  --output build/gpu-shards --block-size 512 --no-annotate --num-shards 2 --overwrite
+	rm -rf build/gpu-pydeps && mkdir -p build/gpu-pydeps
+	cd "$$($(PY) -c 'import os, pytest; print(os.path.dirname(os.path.dirname(pytest.__file__)))')" && \
+	  cp -r pytest _pytest pluggy iniconfig packaging pygments py.py $(CURDIR)/build/gpu-pydeps/
 
 lint: install
 	$(PY) -m ruff check masking pipeline trainer demo tests bench

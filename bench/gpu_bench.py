@@ -1,115 +1,232 @@
-"""GPU throughput: tokens/s and MFU of a full SpanBERT training step (MLM + SBO, bf16 autocast, fused
-AdamW, clipping) for BERT-base and BERT-large at sequence length 512. Goal: >= 45% MFU for large on an
-H100/H200.
+"""GPU training throughput, measured as training runs: real shard blocks (their length distribution, so
+padding and masks are real), the DataLoader with masking in its workers, the DDP wrapper (one rank),
+bf16 autocast, fused AdamW with the on-device non-finite skip, clipping; eager and torch.compile.
 
-    .venv/bin/python bench/gpu_bench.py                      # base and large, seq 512, bf16 (needs CUDA)
-    .venv/bin/python bench/gpu_bench.py --compile            # with torch.compile
-    .venv/bin/python bench/gpu_bench.py --cpu-smoke          # the same code path, tiny model on CPU (no GPU needed)
+    PYTHONPATH=. python3 bench/gpu_bench.py --data SHARDS                 # base and large, 512, eager + compiled
+    PYTHONPATH=. python3 bench/gpu_bench.py --data SHARDS --out DIR       # also DIR/gpu_bench.{md,json}
+    PYTHONPATH=. python3 bench/gpu_bench.py --data SHARDS --cpu-smoke     # the same code path, tiny model on CPU
 
-Batches are synthetic but realistic: random vocabulary ids with ~75% word starts, masked by masking/
-(geometric spans, 15%), collated by trainer/data.py exactly as in training. Two MFU figures:
-  MFU        FLOPs actually needed (encoder 6*N_layers + attention 12*L*d*S + heads at masked tokens only)
-  MFU(6N)    the common 6*N_params + 12*L*d*S convention (GUIDE §5: 2.19 GFLOP/token for large at 512),
-             which charges the 29k-wide decoder at every token, as a model without masked-only heads pays.
+Needs only torch, numpy, pyarrow and tokenizers (no Beam, spaCy or transformers). SHARDS: any shard
+directory of 512-token blocks; `make gpu-shards` writes a 3 MB one (bench/gpu_check.sh).
+
+Per configuration: 3 repeats of --steps optimizer steps after warm-up (compilation included there),
+min and median step time, non-pad tokens/s (the median repeat), peak GPU memory, and MFU by two
+conventions, both per non-pad token at the batches' mean real sequence length S:
+  MFU(6N)          6 x parameters
+  MFU(6N+12LdS)    6 x parameters + attention 12 x layers x hidden x S (GUIDE §5: 2.19 GFLOP/token, large at 512)
+Then the loader alone (read + mask + collate), in blocks/s per worker, against what the GPU consumed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
+import json
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.config import DataConfig, ModelConfig, load_config  # noqa: E402
-from trainer.data import Vocab, build_masker, collate_blocks  # noqa: E402
-from trainer.model import SpanBert, decay_groups, flops_per_token  # noqa: E402
-from trainer.train import PEAK_BF16_FLOPS, global_counts, train_step  # noqa: E402
-
-VOCAB = Vocab(size=28996, sha256="", pad=0, cls=101, sep=102, mask=103, specials=(0, 100, 101, 102, 103))
-
-
-def synthetic_batch(cfg: DataConfig, batch: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng(seed)
-    n = seq - 2
-    parts = [{"ids": rng.integers(999, VOCAB.size, n).astype(np.int32), "word_start": rng.random(n) < 0.75} for _ in range(batch)]
-    masker = build_masker(cfg, VOCAB, None, 15, seed)
-    return collate_blocks(parts, masker, VOCAB, cfg, seq, 0, np.arange(batch))
+from trainer.config import load_config  # noqa: E402
+from trainer.data import BlockStream, build_loader  # noqa: E402
+from trainer.model import SpanBert, decay_groups  # noqa: E402
+from trainer.train import (  # noqa: E402
+    PEAK_BF16_FLOPS,
+    _optimizer_step,
+    compile_model,
+    global_counts,
+    to_device,
+    train_step,
+)
 
 
-def bench(model_cfg: ModelConfig, batch: int, seq: int, steps: int, warmup: int, device: torch.device,
-          bf16: bool, compile_: bool) -> dict[str, float]:
+@dataclasses.dataclass
+class Result:
+    size: str
+    compiled: bool
+    batch_tokens: int
+    step_ms_min: float
+    step_ms_median: float
+    tokens_per_s: float  # non-pad tokens, median repeat
+    padded_share: float  # padding in the measured batches
+    mean_len: float  # mean real sequence length S
+    params: int
+    layers: int
+    hidden: int
+    peak_mem_gib: float
+    warmup_s: float
+
+    def mfu(self, peak: float | None, attention: bool) -> float | None:
+        if not peak:
+            return None
+        flops = 6 * self.params + (12 * self.layers * self.hidden * self.mean_len if attention else 0)
+        return self.tokens_per_s * flops / peak
+
+
+def bench_training(size: str, data: Path, batch_tokens: int, seq: int, compiled: bool, args, device: torch.device) -> Result:
+    cfg = load_config(size)
+    mcfg = cfg.model
+    mcfg.max_position = seq
+    dcfg = dataclasses.replace(cfg.data, step_tokens=0, batch_tokens=batch_tokens, num_workers=args.workers)
+    stream = BlockStream(data, dcfg, max_len=seq, max_sbo_targets=mcfg.max_sbo_targets, seed=0)
+    batches = build_loader(stream, args.workers, pin_memory=device.type == "cuda")
+    loader = iter(batches)
+
     torch.manual_seed(0)
-    model = SpanBert(model_cfg).to(device)
+    model = SpanBert(mcfg).to(device)
     opt = torch.optim.AdamW(decay_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, fused=True)
-    net = torch.compile(model) if compile_ else model
-    data_cfg = DataConfig(batch_size=batch, num_workers=0)
-    batches = [{k: v.to(device) for k, v in synthetic_batch(data_cfg, batch, seq, s).items()} for s in range(4)]
-    counts = [global_counts([b], 1, device)[:3] for b in batches]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
+              bucket_cap_mb=args.bucket_mb or cfg.train.ddp_bucket_mb)
+    if compiled:
+        torch._dynamo.reset()
+        net = compile_model(net)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    real, padded, seqs = [0], [0], [0]
 
-    def step(i: int) -> None:
-        train_step(net, [batches[i % 4]], counts[i % 4], 1, autocast)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+    def step() -> None:
+        micro = next(loader)
+        real[0] += int(micro["attention_mask"].sum()) if "attention_mask" in micro else micro["input_ids"].numel()
+        padded[0] += micro["input_ids"].numel()
+        rows = len(micro["input_ids"])
+        counts = global_counts([micro], 1, device)
+        train_step(net, [to_device(micro, device, compiled)], counts[:3], 1, autocast)
+        _optimizer_step(opt, torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
         opt.zero_grad(set_to_none=True)
+        seqs[0] += rows
 
-    for i in range(warmup):
-        step(i)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
     sync()
-    t = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    sync()
-    dt = (time.perf_counter() - t) / steps
-    tokens = batch * seq / dt
-    n_params = model.num_params()
-    out = {"step_ms": dt * 1e3, "tokens_per_s": tokens, "params_M": n_params / 1e6,
-           "flops_per_token": flops_per_token(model_cfg, seq, 0.15),
-           "flops_per_token_6n": 6 * n_params + 12 * model_cfg.num_layers * model_cfg.hidden_size * seq}
+    warmup_s = time.perf_counter() - t0
     if device.type == "cuda":
-        out["max_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return out
+        torch.cuda.reset_peak_memory_stats(device)
+    times, rates = [], []
+    real_total, padded_total, seqs_total = 0, 0, 0
+    for _ in range(args.repeats):
+        real[0] = padded[0] = seqs[0] = 0
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        sync()
+        dt = time.perf_counter() - t
+        times.append(dt / args.steps)
+        rates.append(real[0] / dt)
+        real_total, padded_total, seqs_total = real_total + real[0], padded_total + padded[0], seqs_total + seqs[0]
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    params = model.num_params()
+    return Result(size, compiled, batch_tokens, min(times) * 1e3, statistics.median(times) * 1e3, statistics.median(rates),
+                  1 - real_total / padded_total, real_total / seqs_total, params,
+                  mcfg.num_layers, mcfg.hidden_size, mem, warmup_s)
+
+
+def bench_loader(data: Path, size: str, seq: int, batch_tokens: int, workers: int, batches: int) -> float:
+    """Blocks per second per worker: read + mask + collate through the DataLoader, no model."""
+    cfg = load_config(size)
+    dcfg = dataclasses.replace(cfg.data, step_tokens=0, batch_tokens=batch_tokens, num_workers=workers)
+    stream = BlockStream(data, dcfg, max_len=seq, max_sbo_targets=cfg.model.max_sbo_targets, seed=0)
+    it = iter(build_loader(stream, workers, pin_memory=False))
+    next(it)  # worker start-up is not throughput
+    t, rows = time.perf_counter(), 0
+    for b in itertools.islice(it, batches):
+        rows += len(b["input_ids"])
+    return rows / (time.perf_counter() - t) / max(1, workers)
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="shard directory (512-token blocks; `make gpu-shards`)")
     p.add_argument("--sizes", nargs="+", default=["base", "large"])
     p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--batch", type=int, nargs="+", default=[64, 32], help="per size, in order")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--cpu-smoke", action="store_true", help="tiny config, CPU, fp32, 2 steps: checks the code path")
+    p.add_argument("--batch-tokens", type=int, nargs="+", default=[32768, 16384],
+                   help="padded tokens per micro-batch, per size in order (64 x 512 base, 32 x 512 large)")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="both")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=10, help="steps before timing (torch.compile compiles here)")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers")
+    p.add_argument("--bucket-mb", type=float, default=0.0, help="DDP bucket size; 0 = the preset's train.ddp_bucket_mb")
+    p.add_argument("--out", type=Path, help="write gpu_bench.md and gpu_bench.json here")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny model, CPU, fp32, 64-token blocks: checks the code path")
     args = p.parse_args()
 
     if args.cpu_smoke:
-        device, bf16, peak = torch.device("cpu"), False, None
-        sizes, batches, seq, steps, warmup = ["tiny"], [2], 64, 2, 1
+        device, peak, name = torch.device("cpu"), None, "CPU smoke"
+        args.sizes, args.batch_tokens, args.seq = ["tiny"], [256], 64
+        args.steps, args.repeats, args.warmup, args.workers = 2, 3, 1, 1
+        args.compile = "off" if args.compile == "both" else args.compile
+        backend = "gloo"
     else:
         if not torch.cuda.is_available():
-            raise SystemExit("no CUDA device; use --cpu-smoke to exercise the code path on CPU")
-        device, bf16 = torch.device("cuda"), True
+            _fail("no CUDA device; use --cpu-smoke to exercise the code path on CPU")
+        device = torch.device("cuda", 0)
+        torch.cuda.set_device(device)
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        sizes, batches, seq, steps, warmup = args.sizes, args.batch, args.seq, args.steps, args.warmup
-        print(f"{name}, torch {torch.__version__}, peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
-    print("\n| size | params | batch x seq | step ms | tokens/s | MFU | MFU(6N) | mem GiB |\n|---|---:|---:|---:|---:|---:|---:|---:|")
-    for size, batch in zip(sizes, batches, strict=False):
-        model_cfg = load_config(size).model
-        if args.cpu_smoke:
-            model_cfg.max_position = seq
-        r = bench(model_cfg, batch, seq, steps, warmup, device, bf16, args.compile)
-        mfu = f"{r['tokens_per_s'] * r['flops_per_token'] / peak:.1%}" if peak else "n/a"
-        mfu6 = f"{r['tokens_per_s'] * r['flops_per_token_6n'] / peak:.1%}" if peak else "n/a"
-        print(f"| {size} | {r['params_M']:.0f}M | {batch} x {seq} | {r['step_ms']:.0f} | {r['tokens_per_s']:,.0f} | "
-              f"{mfu} | {mfu6} | {r.get('max_mem_GiB', float('nan')):.1f} |")
+        backend = "nccl"
+    if not (args.data / "manifest.json").is_file():
+        _fail(f"{args.data}: no manifest.json (make gpu-shards writes one)")
+    init = Path(tempfile.mkdtemp()) / "init"
+    dist.init_process_group(backend, init_method=f"file://{init}", rank=0, world_size=1)  # DDP as in training
+
+    head = f"{name}, torch {torch.__version__}, peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s, data {args.data}"
+    print(head, flush=True)
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    results: list[Result] = []
+    for size, bt in zip(args.sizes, args.batch_tokens, strict=False):
+        for compiled in modes:
+            r = bench_training(size, args.data, bt, args.seq, compiled, args, device)
+            results.append(r)
+            print(f"  {size} {'compiled' if compiled else 'eager'}: {r.tokens_per_s:,.0f} non-pad tokens/s", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    rows = [
+        "| size | mode | tokens/micro-batch | step ms min / median | non-pad tokens/s | padding | mean S | MFU(6N) | MFU(6N+12LdS) | peak GiB | warm-up s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        rows.append(
+            f"| {r.size} | {'compiled' if r.compiled else 'eager'} | {r.batch_tokens:,} | {r.step_ms_min:.0f} / {r.step_ms_median:.0f} | "
+            f"{r.tokens_per_s:,.0f} | {r.padded_share:.1%} | {r.mean_len:.0f} | {_pct(r.mfu(peak, False))} | "
+            f"{_pct(r.mfu(peak, True))} | {r.peak_mem_gib:.1f} | {r.warmup_s:.0f} |"
+        )
+    # The loader alone: how many blocks/s one worker delivers, against what the GPU consumed.
+    consumed = max(r.tokens_per_s / r.mean_len for r in results)
+    loader_rows = ["| loader workers | blocks/s per worker | x the fastest GPU config's blocks/s |", "|---:|---:|---:|"]
+    loader = {}
+    for w in sorted({1, args.workers}):
+        per_worker = bench_loader(args.data, args.sizes[0], args.seq, args.batch_tokens[0], w, 4 if args.cpu_smoke else 40)
+        loader[w] = per_worker
+        loader_rows.append(f"| {w} | {per_worker:,.0f} | {per_worker * w / consumed:.1f}x |")
+    table = "\n".join([head, "", *rows, "", *loader_rows])
+    print("\n" + table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_bench.md").write_text(table + "\n")
+        (args.out / "gpu_bench.json").write_text(json.dumps({
+            "device": name, "torch": torch.__version__, "peak_flops": peak,
+            "results": [{**dataclasses.asdict(r), "mfu_6n": r.mfu(peak, False), "mfu_6n_12lds": r.mfu(peak, True)} for r in results],
+            "loader_blocks_per_s_per_worker": loader,
+        }, indent=1))
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ class ModelConfig:
     use_nsp: bool = False  # next-sentence prediction: only for the bi-sequence BERT baselines
     sbo_position_dim: int = 200  # relative position embedding width (§3.2)
     max_sbo_targets: int = 15  # rows of the relative position table (reference: 15 x 200)
+    # "auto": unpadded (varlen) flash attention on CUDA, padded SDPA elsewhere; or "padded" / "varlen".
+    attention: str = "auto"
+    pad_vocab_to: int = 64  # the decoder GEMM is this wide a multiple (padded columns are -inf, never predicted)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -46,8 +49,10 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be >= 1")
         if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attention_dropout < 1.0):
             raise ValueError("model.dropout and model.attention_dropout must be in [0, 1)")
-        if self.max_sbo_targets < 1 or self.sbo_position_dim < 1:
-            raise ValueError("model.max_sbo_targets and model.sbo_position_dim must be >= 1")
+        if self.max_sbo_targets < 1 or self.sbo_position_dim < 1 or self.pad_vocab_to < 1:
+            raise ValueError("model.max_sbo_targets, model.sbo_position_dim and model.pad_vocab_to must be >= 1")
+        if self.attention not in ("auto", "padded", "varlen"):
+            raise ValueError(f"model.attention must be auto, padded or varlen, got {self.attention!r}")
 
     @property
     def head_dim(self) -> int:
@@ -68,8 +73,11 @@ class DataConfig:
     linguistic_share: float = 0.5  # named_entity / noun_phrase schemes: share of linguistic spans
     excluded_entity_labels: tuple[str, ...] = NUMERIC_ENTITY_LABELS  # the paper: non-numerical entities only
     sbo_edge_spans: bool = True  # SBO also for spans touching the block edge ([CLS]/[SEP] as boundary)
-    batch_size: int = 32  # sequences per micro-batch per rank (ignored when batch_tokens > 0)
+    batch_size: int = 32  # sequences per micro-batch per rank (ignored when batch_tokens or step_tokens > 0)
     batch_tokens: int = 0  # > 0: micro-batches by padded-token budget instead of a sequence count
+    # > 0: padded-token budget per *optimizer step* over all ranks (the paper's 256 x 512 = 131,072), cut
+    # into world x grad_accum micro-batches of step_tokens // (world x grad_accum); overrides both above.
+    step_tokens: int = 0
     bucket_window: int = 64  # sort this many micro-batches' worth of rows by length before cutting batches
     pad_to_multiple: int = 8  # pad sequence length to a multiple of this (tensor-core friendly shapes)
     num_workers: int = 2  # DataLoader workers per rank (masking runs there)
@@ -83,13 +91,17 @@ class DataConfig:
             raise ValueError(f"data.scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"data.mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if self.batch_size < 1 and self.batch_tokens < 1:
-            raise ValueError("set data.batch_size >= 1 or data.batch_tokens >= 1")
+        if self.batch_size < 1 and self.batch_tokens < 1 and self.step_tokens < 1:
+            raise ValueError("set data.batch_size >= 1, data.batch_tokens >= 1 or data.step_tokens >= 1")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.bucket_window < 1 or self.pad_to_multiple < 1 or self.num_workers < 0:
             raise ValueError("data.bucket_window and data.pad_to_multiple must be >= 1, data.num_workers >= 0")
         self.excluded_entity_labels = tuple(self.excluded_entity_labels)
+
+    def micro_batch_tokens(self, world: int, grad_accum: int) -> int:
+        """Padded-token budget of one micro-batch (0: batches by sequence count)."""
+        return self.step_tokens // (world * grad_accum) if self.step_tokens > 0 else self.batch_tokens
 
 
 @dataclass
@@ -121,7 +133,8 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per rank per optimizer step
     seed: int = 0  # model init, dropout, shuffling and masking all derive from it
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
-    compile: bool = False  # torch.compile the model
+    compile: bool | str = "auto"  # torch.compile the model: "auto" = on CUDA only; or true / false
+    ddp_bucket_mb: float = 25.0  # DDP gradient bucket size (torch's default; GPU measurement pending, docs/trainer.md)
     log_every: int = 10
     ckpt_every: int = 1000
     keep_last: int = 3  # checkpoints kept on disk
@@ -133,6 +146,10 @@ class TrainConfig:
             raise ValueError("train.max_steps and train.grad_accum must be >= 1")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.compile not in ("auto", True, False):
+            raise ValueError(f"train.compile must be auto, true or false, got {self.compile!r}")
+        if self.ddp_bucket_mb < 1:  # DDP's first bucket is 1 MB; compiled DDP needs the others as large
+            raise ValueError("train.ddp_bucket_mb must be >= 1")
         if self.max_minutes < 0:
             raise ValueError("train.max_minutes must be >= 0 (0: no time limit)")
         if self.log_every < 1 or self.ckpt_every < 1 or self.keep_last < 1 or self.max_nonfinite_in_a_row < 1:

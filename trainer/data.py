@@ -139,20 +139,27 @@ def split_rows(shards: ShardSet, holdout_fraction: float) -> tuple[np.ndarray, n
 class BatchPlan:
     """The global micro-batches of each epoch (lists of row ids), a pure function of (seed, epoch)."""
 
-    def __init__(self, seq_lengths: np.ndarray, rows: np.ndarray, cfg: DataConfig, seed: int):
+    def __init__(self, seq_lengths: np.ndarray, rows: np.ndarray, cfg: DataConfig, seed: int, batch_tokens: int = 0):
         if len(rows) == 0:
             raise ValueError("no rows to train on (is data.holdout_fraction too large for this corpus?)")
         self.seq_lengths = seq_lengths  # per global row id, with the special tokens
         self.pool = rows  # the global row ids this plan draws from (the training split)
         self.cfg, self.seed = cfg, seed
+        self.batch_tokens = batch_tokens  # padded-token budget per micro-batch; 0: cfg.batch_size sequences
+        widest = _round_up(int(seq_lengths.max()), cfg.pad_to_multiple)
+        if 0 < batch_tokens < widest:
+            raise ValueError(
+                f"a micro-batch's token budget {batch_tokens} (data.step_tokens / (world x grad_accum), or "
+                f"data.batch_tokens) is smaller than one {widest}-token sequence; raise it or lower train.grad_accum"
+            )
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 - a few epochs per process, freed with the plan
     def epoch(self, epoch: int) -> tuple[np.ndarray, ...]:
         cfg, lengths = self.cfg, self.seq_lengths
         rng = np.random.default_rng([self.seed, epoch, 0xB47C])
         order = self.pool[rng.permutation(len(self.pool))]
-        if cfg.batch_tokens > 0:
-            window = max(1, cfg.bucket_window * cfg.batch_tokens // int(lengths.max()))
+        if self.batch_tokens > 0:
+            window = max(1, cfg.bucket_window * self.batch_tokens // int(lengths.max()))
         else:
             window = cfg.bucket_window * cfg.batch_size
         batches: list[np.ndarray] = []
@@ -165,12 +172,12 @@ class BatchPlan:
 
     def _cut(self, rows: np.ndarray) -> list[np.ndarray]:
         cfg = self.cfg
-        if cfg.batch_tokens <= 0:
+        if self.batch_tokens <= 0:
             return [rows[i : i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
         out, start = [], 0
         while start < len(rows):  # rows are sorted longest first, so the first row fixes the padded length
             width = _round_up(int(self.seq_lengths[rows[start]]), cfg.pad_to_multiple)
-            count = max(1, cfg.batch_tokens // width)
+            count = self.batch_tokens // width
             out.append(rows[start : start + count])
             start += count
         return out
@@ -211,7 +218,7 @@ class BlockStream(IterableDataset):
 
     def __init__(
         self, data_dir: str | Path, cfg: DataConfig, *, max_len: int, max_sbo_targets: int, seed: int,
-        rank: int = 0, world: int = 1, start: int = 0, sbo: bool = True,
+        rank: int = 0, world: int = 1, start: int = 0, sbo: bool = True, grad_accum: int = 1,
     ):
         super().__init__()
         if start % world:
@@ -230,7 +237,8 @@ class BlockStream(IterableDataset):
             )
         seq_lengths = np.minimum(self.shards.lengths + specials, max_len)
         self.train_rows, self.heldout_rows = split_rows(self.shards, cfg.holdout_fraction)
-        self.plan = BatchPlan(seq_lengths, self.train_rows, cfg, seed)
+        # world x grad_accum fixes the micro-batch budget of data.step_tokens (not the plan's rank split).
+        self.plan = BatchPlan(seq_lengths, self.train_rows, cfg, seed, cfg.micro_batch_tokens(world, grad_accum))
         self._masker = None  # built lazily in each worker
 
     @property
@@ -368,6 +376,10 @@ def collate_blocks(parts: list[dict], masker, vocab: Vocab, cfg: DataConfig, max
             out["token_type_ids"][i, parts[i]["a"] + 2 : n] = 1
     if not attention_mask.all():  # no key at all when nothing is padded: SDPA's fastest path
         out["attention_mask"] = attention_mask
+        # For unpadded (varlen) attention: where the real tokens sit in the flattened [b * seq_len] grid,
+        # and the cumulative sequence lengths (computed here, in the worker: no host sync on the GPU side).
+        out["token_index"] = np.flatnonzero(attention_mask)
+        out["cu_seqlens"] = np.concatenate([[0], np.cumsum(attention_mask.sum(1))]).astype(np.int32)
     return {k: torch.from_numpy(a) for k, a in out.items()}
 
 

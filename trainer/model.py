@@ -7,9 +7,16 @@ from HF is a rename-free state-dict copy; only the SBO head (`cls.sbo.*`) has no
 
 Both heads run only at masked positions: the batch carries fixed-size slots of positions (padded with
 label -100), we gather those hidden states and never build a [batch, seq, vocab] logit tensor.
+
+Padded batches can run *unpadded* (model.attention, "auto" = on CUDA): the real tokens are packed into
+one [tokens, hidden] tensor (the collator sends their flat indices and cumulative lengths), every
+layer works on real tokens only, and attention is the variable-length flash kernel; no padding is
+computed and SDPA never needs a mask.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +28,33 @@ IGNORE = -100  # label of a padded slot
 OBJECTIVES = ("mlm", "sbo", "nsp")  # the heads; metrics are named <objective>_loss / _acc
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Where a padded [batch, seq_len] batch's real tokens sit once packed (from the collator)."""
+
+    token_index: Tensor  # [tokens] flat indices into the [batch * seq_len] grid
+    cu_seqlens: Tensor  # [batch + 1] int32 cumulative sequence lengths
+    mask: Tensor  # [batch, 1, 1, seq_len] bool, for the reference kernel
+    seq_len: int  # the padded width: an upper bound of every length (flash's max_seqlen)
+
+
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, p: Packing, dropout_p: float) -> Tensor:
+    """Attention of packed [tokens, heads, head_dim] q/k/v, each sequence attending only to itself."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        # The flash kernel's variable-length entry point (what nested-tensor SDPA calls; torch >= 2.2, with
+        # dropout and autograd, unlike torch.nn.attention.varlen, which has no dropout).
+        cu = p.cu_seqlens
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, p.seq_len, p.seq_len, dropout_p, False, False)[0]
+    # Reference (CPU, fp32): back onto the padded grid, masked SDPA, packed again. Same numbers, no speed.
+    b = len(p.cu_seqlens) - 1
+
+    def grid(t: Tensor) -> Tensor:
+        return t.new_zeros(b * p.seq_len, *t.shape[1:]).index_copy(0, p.token_index, t).view(b, p.seq_len, *t.shape[1:]).transpose(1, 2)
+
+    y = F.scaled_dot_product_attention(grid(q), grid(k), grid(v), attn_mask=p.mask, dropout_p=dropout_p)
+    return y.transpose(1, 2).reshape(b * p.seq_len, *q.shape[1:]).index_select(0, p.token_index)
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -30,9 +64,15 @@ class Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None, packing: Packing | None = None) -> Tensor:
         seq_len = input_ids.shape[1]
-        x = self.word_embeddings(input_ids) + self.position_embeddings.weight[:seq_len]
+        if packing is None:
+            x = self.word_embeddings(input_ids) + self.position_embeddings.weight[:seq_len]
+        else:  # only the real tokens: [tokens, hidden]; a token's position is its column in the grid
+            idx = packing.token_index
+            input_ids = input_ids.reshape(-1).index_select(0, idx)
+            token_type_ids = None if token_type_ids is None else token_type_ids.reshape(-1).index_select(0, idx)
+            x = self.word_embeddings(input_ids) + self.position_embeddings(idx % seq_len)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]  # single-sequence mode: every token is segment A
         else:
@@ -49,15 +89,18 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_dropout
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
-        b, s, h = x.shape
+    def forward(self, x: Tensor, attn_mask: Tensor | Packing | None) -> Tensor:
         # One GEMM for q, k and v: the weights stay three HF-named Linears, concatenated on the fly.
         w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        q, k, v = F.linear(x, w, bias).view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0
-        )
+        qkv = F.linear(x, w, bias)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if isinstance(attn_mask, Packing):  # x is [tokens, hidden]
+            q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
+            return varlen_attention(q, k, v, attn_mask, dropout_p).reshape(x.shape)
+        b, s, h = x.shape
+        q, k, v = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         return y.transpose(1, 2).reshape(b, s, h)
 
 
@@ -80,7 +123,7 @@ class Attention(nn.Module):
         self.self = SelfAttention(cfg)
         self.output = DenseLayerNorm(cfg.hidden_size, cfg)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | Packing | None) -> Tensor:
         return self.output(self.self(x, attn_mask), x)
 
 
@@ -100,7 +143,7 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(cfg)
         self.output = DenseLayerNorm(cfg.intermediate_size, cfg)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | Packing | None) -> Tensor:
         x = self.attention(x, attn_mask)
         return self.output(self.intermediate(x), x)
 
@@ -110,7 +153,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | Packing | None) -> Tensor:
         for layer in self.layer:
             x = layer(x, attn_mask)
         return x
@@ -134,11 +177,13 @@ class Bert(nn.Module):
         self.encoder = Encoder(cfg)
         self.pooler = Pooler(cfg) if cfg.use_nsp else None
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None = None,
+                packing: Packing | None = None) -> Tensor:
+        """[batch, seq, hidden] hidden states, or [tokens, hidden] (real tokens only) with `packing`."""
         # SDPA takes a boolean mask, True = may attend; [b, 1, 1, s] broadcasts over heads and queries.
         # The collator sends no mask for a batch without padding, so SDPA can pick its fastest kernel.
         attn_mask = None if attention_mask is None else attention_mask[:, None, None, :]
-        return self.encoder(self.embeddings(input_ids, token_type_ids), attn_mask)
+        return self.encoder(self.embeddings(input_ids, token_type_ids, packing), packing or attn_mask)
 
 
 class Transform(nn.Module):
@@ -215,6 +260,16 @@ class SpanBert(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def uses_varlen(self, device: torch.device) -> bool:
+        return self.cfg.attention == "varlen" or (self.cfg.attention == "auto" and device.type == "cuda")
+
+    def decoder(self) -> tuple[Tensor, int]:
+        """The tied decoder with zero rows appended up to a multiple of model.pad_vocab_to (a GEMM-friendly
+        width), and the number of those rows. The parameter itself keeps the true vocabulary (export, import)."""
+        w = self.bert.embeddings.word_embeddings.weight
+        pad = -len(w) % self.cfg.pad_vocab_to
+        return F.pad(w, (0, 0, 0, pad)), pad
+
     def mlm_logits(self, hidden: Tensor) -> Tensor:
         """MLM logits at every given position (inference, HF comparisons); training uses masked slots only."""
         decoder = self.bert.embeddings.word_embeddings.weight
@@ -227,10 +282,16 @@ class SpanBert(nn.Module):
         the gradient independent of how the global batch is split over ranks and accumulation steps.
         Positions are in full-sequence coordinates ([CLS] at 0); padded slots have label -100.
         """
-        hidden = self.bert(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
-        b, s, h = hidden.shape
-        flat = hidden.reshape(b * s, h)
-        row = torch.arange(b, device=hidden.device)[:, None] * s  # flat index of each row's position 0
+        input_ids, attention_mask = batch["input_ids"], batch.get("attention_mask")
+        b, s = input_ids.shape
+        packing = None
+        if attention_mask is not None and "token_index" in batch and self.uses_varlen(input_ids.device):
+            packing = Packing(batch["token_index"], batch["cu_seqlens"], attention_mask[:, None, None, :], s)
+        hidden = self.bert(input_ids, attention_mask, batch.get("token_type_ids"), packing)
+        flat = hidden.reshape(-1, hidden.shape[-1])  # [b * s, h] padded, or [tokens, h] packed
+        # flat index of each row's position 0 ([CLS])
+        start = torch.arange(b, device=flat.device) * s if packing is None else packing.cu_seqlens[:-1].long()
+        row = start[:, None]
 
         def gather(pos: Tensor) -> Tensor:
             return flat.index_select(0, (row + pos).reshape(-1))
@@ -242,15 +303,19 @@ class SpanBert(nn.Module):
             heads["sbo"] = (y, self.cls.sbo.bias, batch["sbo_labels"])
         # Both heads go through the tied decoder in ONE GEMM, so the [vocab, hidden] weight gradient is
         # computed and accumulated into the word embeddings once, not once per head (~10% of a CPU step).
+        # The padded vocabulary columns get a -inf bias: never predicted, softmax weight exactly 0, no gradient.
         outputs = [h for h, _, _ in heads.values()]
-        logits = F.linear(torch.cat(outputs), self.bert.embeddings.word_embeddings.weight)
+        decoder, pad = self.decoder()
+        logits = F.linear(torch.cat(outputs), decoder)
         out: dict[str, Tensor] = {}
         for (name, (_, bias, labels)), part in zip(heads.items(), logits.split([len(h) for h in outputs]), strict=True):
+            bias = F.pad(bias, (0, pad), value=float("-inf"))
             out[f"{name}_loss"], out[f"{name}_correct"] = _ce_sum(part + bias, labels.reshape(-1))
 
         # NSP only when the batch has pairs: a 2seq model can still be scored on single sequences.
         if self.cls.seq_relationship is not None and "nsp_labels" in batch:
-            logits = self.cls.seq_relationship(self.bert.pooler(hidden))
+            cls_states = flat.index_select(0, start)[:, None]  # [b, 1, h]: the [CLS] rows, padded or packed
+            logits = self.cls.seq_relationship(self.bert.pooler(cls_states))
             out["nsp_loss"], out["nsp_correct"] = _ce_sum(logits, batch["nsp_labels"])
         return out
 

@@ -22,7 +22,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.schema import read_manifest
 from trainer import checkpoint
-from trainer.config import Config
+from trainer.config import Config, ModelConfig
 from trainer.data import BlockStream, build_loader
 from trainer.model import IGNORE, OBJECTIVES, SpanBert, decay_groups, flops_per_token
 
@@ -86,7 +86,10 @@ def target_counts(batch: dict[str, torch.Tensor]) -> list[float]:
 def global_counts(micro_batches: list[dict[str, torch.Tensor]], world: int, device: torch.device, flag: float = 0.0) -> torch.Tensor:
     """[N_mlm, N_sbo, N_nsp, flag] summed over this rank's micro-batches, then all-reduced over ranks."""
     local = [sum(c) for c in zip(*map(target_counts, micro_batches), strict=True)] + [flag]
-    counts = torch.tensor(local, dtype=torch.float64).to(device)
+    counts = torch.tensor(local, dtype=torch.float64)
+    if torch.device(device).type == "cuda":  # a pageable host->device copy would wait for the GPU to drain
+        counts = counts.pin_memory()
+    counts = counts.to(device, non_blocking=True)
     if world > 1:
         dist.all_reduce(counts)
     return counts
@@ -100,10 +103,11 @@ def train_step(
     [mlm_loss, mlm_correct, sbo_loss, sbo_correct, nsp_loss, nsp_correct] (gradients left in .grad)."""
     denom = counts.clamp(min=1)  # an objective with no targets contributes 0, not NaN
     sums = torch.zeros(6, dtype=torch.float64, device=counts.device)
+    ddp = getattr(model, "_orig_mod", model)  # torch.compile(DDP(...)): no_sync lives on the DDP inside
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         # DDP all-reduces gradients only on the last micro-batch of the step.
-        sync = contextlib.nullcontext() if last or not isinstance(model, DDP) else model.no_sync()
+        sync = contextlib.nullcontext() if last or not isinstance(ddp, DDP) else ddp.no_sync()
         with sync:
             with autocast:
                 out = model(batch)
@@ -114,6 +118,28 @@ def train_step(
                 sums[2 * k] += out[f"{o}_loss"].detach()
                 sums[2 * k + 1] += out[f"{o}_correct"]
     return sums
+
+
+def use_compile(setting: bool | str, device: torch.device) -> bool:
+    """train.compile: "auto" compiles on CUDA only (on CPU it measured no faster, docs/trainer.md)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def compile_model(net: nn.Module, backend: Any = "inductor") -> nn.Module:
+    # Default dynamic=None: dim 0 is marked dynamic (to_device); a dimension seen with a second value
+    # (the padded width) becomes dynamic on that one recompile, so the graphs stop growing after warm-up.
+    return torch.compile(net, backend=backend)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, compiled: bool) -> dict[str, torch.Tensor]:
+    """A loader batch on the device, without the bookkeeping keys. Compiled: the row count (and the packed
+    token count) vary from batch to batch, so dim 0 is marked dynamic up front; the padded width takes a
+    few values (data.pad_to_multiple), so the set of graphs stays small and is complete after warm-up."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("row_ids", "epoch")}
+    if compiled:
+        for v in out.values():
+            torch._dynamo.maybe_mark_dynamic(v, 0)
+    return out
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -164,7 +190,8 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
     found = _find_checkpoint(out_dir, resume, log)
     if found is not None:
         path, state = found
-        if state["config"]["model"] != cfg.to_dict()["model"]:
+        saved = ModelConfig(**state["config"]["model"])  # older checkpoints: newer fields take their defaults
+        if replace(saved, attention=cfg.model.attention) != cfg.model:  # the kernel may change
             raise ValueError(f"{path}: the checkpoint's model config differs from this run's --config/--set")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])  # its stored lr is stale by design: overwritten each step
@@ -193,7 +220,7 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
     # -- data ----------------------------------------------------------------------------------
     stream = BlockStream(
         data_dir, cfg.data, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets,
-        seed=tc.seed, rank=d.rank, world=d.world, start=position, sbo=cfg.model.use_sbo,
+        seed=tc.seed, rank=d.rank, world=d.world, start=position, sbo=cfg.model.use_sbo, grad_accum=tc.grad_accum,
     )
     if stream.vocab.size != cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size {cfg.model.vocab_size} != the shards' vocabulary size {stream.vocab.size}")
@@ -209,9 +236,13 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
         )
 
     # -- wrap: DDP, then compile ---------------------------------------------------------------
-    net: nn.Module = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) if d.world > 1 else model
-    if tc.compile:
-        net = torch.compile(net)
+    net: nn.Module = model
+    if d.world > 1:  # gradients live in DDP's buckets (no copy); bucket size: docs/trainer.md "DDP notes"
+        net = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                  gradient_as_bucket_view=True, bucket_cap_mb=tc.ddp_bucket_mb)
+    compiled = use_compile(tc.compile, d.device)
+    if compiled:
+        net = compile_model(net)
     bf16 = tc.precision == "bf16" or (tc.precision == "auto" and d.device.type == "cuda")
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16)
 
@@ -223,15 +254,19 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
         state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "data": {"next_batch": position}, "rng": _gather_rng(d), "config": cfg.to_dict(),
-            "vocab_sha256": stream.vocab.sha256, "world_size": d.world, "nonfinite": nonfinite_total,
+            "vocab_sha256": stream.vocab.sha256, "world_size": d.world, "nonfinite": int(nonfinite[0]),
         }
         if d.main:
             checkpoint.save(out_dir, step, state, tc.keep_last)
 
     # -- the loop ------------------------------------------------------------------------------
+    # No host sync per step: a non-finite step is skipped on the device (fused AdamW's found_inf) and
+    # counted there; the stop flag, the counters and the metrics are read every log_every steps, at the
+    # same step on every rank (one sync per log_every steps).
     peak = _peak_flops(d.device)
     mask_ratio = cfg.data.mask_ratio
-    nonfinite_in_a_row, window, first_step = 0, _Window(), step
+    nonfinite = torch.tensor([float(nonfinite_total), 0.0, 0.0], device=d.device)  # total, in a row, worst in a row
+    window, first_step = _Window(), step
     progress = log.progress(step, tc.max_steps)
     try:
         while step < tc.max_steps:
@@ -239,7 +274,7 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
             if time.monotonic() > deadline and not stop["flag"]:
                 stop["flag"] = 2.0
             counts = global_counts(micro, d.world, d.device, flag=stop["flag"])
-            if counts[3].item() > 0:  # some rank got SIGTERM or ran out of time: all stop at the same step
+            if step % tc.log_every == 0 and counts[3].item() > 0:  # some rank got SIGTERM / ran out of time
                 reason = "train.max_minutes reached" if stop["flag"] == 2.0 else "SIGTERM"
                 log.info(f"{reason}: saving step {step} and exiting")
                 break
@@ -247,40 +282,39 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
             tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in micro)
             padded = sum(b["input_ids"].numel() for b in micro)
             seqs = sum(len(b["input_ids"]) for b in micro)
-            micro = [{k: v.to(d.device, non_blocking=True) for k, v in b.items() if k not in ("row_ids", "epoch")} for b in micro]
+            micro = [to_device(b, d.device, compiled) for b in micro]
 
             lr = peak_lr * lr_factor(step, warmup, total)  # skipped (non-finite) steps still advance the schedule
             for group in optimizer.param_groups:
                 group["lr"] = lr
             sums = train_step(net, micro, counts[:3], d.world, autocast)
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip_grad_norm or math.inf)
-            finite = bool(torch.isfinite(norm))  # identical on every rank: gradients are all-reduced
-            if finite:
-                optimizer.step()
-                nonfinite_in_a_row = 0
-            else:
-                nonfinite_in_a_row += 1
-                nonfinite_total += 1
-                log.info(f"step {step + 1}: non-finite loss/gradient, update skipped ({nonfinite_in_a_row} in a row)")
+            found_inf = _optimizer_step(optimizer, norm)  # identical on every rank: gradients are all-reduced
+            nonfinite[0] += found_inf
+            nonfinite[1] = (nonfinite[1] + found_inf) * found_inf
+            nonfinite[2] = torch.maximum(nonfinite[2], nonfinite[1])
             optimizer.zero_grad(set_to_none=True)
             step += 1
             position += tc.grad_accum * d.world
-            window.add(sums, counts[:3], tokens * d.world, padded * d.world, seqs * d.world)
+            window.add(sums, counts[:3], found_inf, tokens * d.world, padded * d.world, seqs * d.world)
             progress.update(1)
 
-            if step % tc.log_every == 0 or step == tc.max_steps or not finite:
+            if step % tc.log_every == 0 or step == tc.max_steps:
                 m = window.reduce(d)
-                m.update(step=step, epoch=epoch, lr=lr, grad_norm=float(norm), skipped=not finite,
-                         nonfinite_total=nonfinite_total, data_position=position)
+                skipped_total, in_a_row, worst = (int(x) for x in nonfinite.tolist())
+                nonfinite[2] = 0.0
+                m.update(step=step, epoch=epoch, lr=lr, grad_norm=float(norm), nonfinite_total=skipped_total, data_position=position)
+                if m["skipped"]:
+                    log.info(f"step {step}: {m['skipped']} non-finite step(s) since the last log, updates skipped ({in_a_row} in a row)")
                 if peak:
                     m["mfu"] = m["tokens_per_s"] * flops_per_token(cfg.model, m["mean_seq_len"], mask_ratio) / (peak * d.world)
                 log.metrics(m)
                 progress.set_postfix(loss=f"{m['loss']:.3f}")
-            if nonfinite_in_a_row >= tc.max_nonfinite_in_a_row:
-                raise RuntimeError(
-                    f"stopping at step {step}: {nonfinite_in_a_row} non-finite steps in a row "
-                    f"(train.max_nonfinite_in_a_row); lower optim.lr or check the data"
-                )
+                if worst >= tc.max_nonfinite_in_a_row:
+                    raise RuntimeError(
+                        f"stopping at step {step}: {worst} non-finite steps in a row "
+                        f"(train.max_nonfinite_in_a_row); lower optim.lr or check the data"
+                    )
             if step % tc.ckpt_every == 0 and step < tc.max_steps:
                 save()
         if step > first_step:  # at the end and on SIGTERM; a run resumed at its end has nothing new to save
@@ -289,7 +323,21 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
         progress.close()
         log.close()
         signal.signal(signal.SIGTERM, old_handler)
-    return {"step": step, "data_position": position, "nonfinite_total": nonfinite_total, "stopped": step < tc.max_steps}
+    return {"step": step, "data_position": position, "nonfinite_total": int(nonfinite[0]), "stopped": step < tc.max_steps}
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor) -> torch.Tensor:
+    """Step unless the gradient norm is non-finite; returns found_inf (1.0 = skipped) on the device.
+    Fused AdamW skips on the device (its found_inf input, as under GradScaler: parameters, moments and
+    step count untouched); other optimizers need a host read of the flag."""
+    found_inf = (~torch.isfinite(norm)).float()
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = found_inf
+        optimizer.step()
+        del optimizer.found_inf
+    elif not found_inf.item():
+        optimizer.step()
+    return found_inf
 
 
 def _find_checkpoint(out_dir: Path, resume: str, log: _Logger) -> tuple[Path, dict] | None:
@@ -323,8 +371,8 @@ class _Window:
         self.sums: torch.Tensor | None = None
         self.tokens, self.padded, self.seqs, self.t0 = 0, 0, 0, time.perf_counter()
 
-    def add(self, sums: torch.Tensor, counts: torch.Tensor, tokens: int, padded: int, seqs: int) -> None:
-        row = torch.cat([sums, counts.to(sums.dtype)])  # local sums, global counts
+    def add(self, sums: torch.Tensor, counts: torch.Tensor, found_inf: torch.Tensor, tokens: int, padded: int, seqs: int) -> None:
+        row = torch.cat([sums, counts.to(sums.dtype), found_inf.to(sums.dtype)[None]])  # local sums, global counts, skipped
         self.sums = row if self.sums is None else self.sums + row
         self.tokens += tokens
         self.padded += padded
@@ -350,6 +398,7 @@ class _Window:
         m["padded_tokens_per_s"] = self.padded / elapsed
         m["mean_seq_len"] = self.padded / max(1, self.seqs)
         m = {k: float(v) for k, v in m.items()}
+        m["skipped"] = int(s[9])  # non-finite steps (updates skipped) in this window
         self.__init__()
         return m
 

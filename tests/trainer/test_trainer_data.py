@@ -24,7 +24,8 @@ def _take(stream: BlockStream, n: int, workers: int) -> list[dict[str, torch.Ten
     return list(itertools.islice(build_loader(stream, workers, pin_memory=False), n))
 
 
-@pytest.mark.parametrize("batching", [{"batch_size": 3}, {"batch_tokens": 200, "bucket_window": 4}])
+@pytest.mark.parametrize("batching", [{"batch_size": 3}, {"batch_tokens": 200, "bucket_window": 4},
+                                      {"step_tokens": 512, "pad_to_multiple": 16, "bucket_window": 4}])
 def test_every_block_exactly_once_per_epoch_over_2_ranks_x_2_workers(shard_dir, batching):
     world, workers = 2, 2
     streams = [_stream(shard_dir, rank=r, world=world, **batching) for r in range(world)]

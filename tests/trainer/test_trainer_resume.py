@@ -19,8 +19,9 @@ STEPS = 30
 
 
 def _args(shard_dir: Path, out: Path, workers: int) -> list[str]:
-    # Dropout on: the resumed run must also restore the RNG state exactly.
-    cfg = tiny_config(model={"hidden_size": 64, "intermediate_size": 128}, data={"num_workers": workers, "batch_size": 8},
+    # Dropout on: the resumed run must also restore the RNG state exactly. Token-budget steps, as base/large.
+    cfg = tiny_config(model={"hidden_size": 64, "intermediate_size": 128},
+                      data={"num_workers": workers, "step_tokens": 512, "pad_to_multiple": 64},
                       optim={"schedule_steps": 100}, train={"max_steps": STEPS, "ckpt_every": 2, "keep_last": 3})
     return ["--config", "tiny", "--data", str(shard_dir), "--out", str(out), *set_args(cfg)]
 
