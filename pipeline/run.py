@@ -185,8 +185,7 @@ def _runner_defaults(beam_args: list[str], num_ranges: int) -> list[str]:
     The DaskRunner's parallelism is the partition count of the initial Create, which it otherwise
     sets to one partition per 128 elements: one task for a whole corpus of fewer files.
     """
-    options = PipelineOptions(beam_args).get_all_options()
-    if options.get("runner") != DASK_RUNNER or any(a.startswith(("--dask_npartitions", "--dask_partition_size")) for a in beam_args):
+    if PipelineOptions(beam_args).view_as(StandardOptions).runner != DASK_RUNNER or any(a.startswith(("--dask_npartitions", "--dask_partition_size")) for a in beam_args):
         return beam_args
     return [*beam_args, f"--dask_npartitions={min(num_ranges, DASK_MAX_PARTITIONS)}"]
 

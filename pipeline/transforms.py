@@ -12,6 +12,7 @@ GroupByKey, not in `finish_bundle` (whose output that runner drops); no stage re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -19,7 +20,6 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.utils.shared import Shared
 
 from pipeline.documents import CleanOptions, Document, RawDocument, Rejection, clean_document
 from pipeline.encode import EncodedDoc, encode_segmented, rule_sentence_starts, safe_starts, to_blocks
@@ -70,22 +70,36 @@ class _CleanFn(beam.DoFn):
         yield out
 
 
-class _AnnotateFn(beam.DoFn):
-    """spaCy once per worker process, one nlp.pipe per batch of documents.
+# Heavy per-process state, built once per worker process and model rather than once per DoFn
+# instance: runners that make a new DoFn instance per bundle (the DaskRunner does, per partition)
+# would otherwise reload spaCy (seconds) and the tokenizer (~0.2 s) for every bundle. One entry
+# each, so a long-lived worker keeps only the current job's model.
+@functools.lru_cache(maxsize=1)
+def _process_nlp(model: str) -> Any:
+    from pipeline.annotate import load_nlp
 
-    Loaded through Beam's `Shared`: runners that make a new DoFn instance per bundle (the DaskRunner
-    does, per partition) would otherwise load the model again for every bundle.
-    """
+    return load_nlp(model)
+
+
+@functools.lru_cache(maxsize=1)
+def _process_tokenizer(tokenizer_json: str) -> tuple[Any, Any]:
+    from tokenizers import Tokenizer
+
+    from pipeline.encode import continuation_table
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    return tok, continuation_table(tok)
+
+
+class _AnnotateFn(beam.DoFn):
+    """spaCy once per worker process, one nlp.pipe per batch of documents."""
 
     def __init__(self, model: str, chunk_chars: int, batch_size: int) -> None:
         self.model, self.chunk_chars, self.batch_size = model, chunk_chars, batch_size
-        self.shared_nlp = Shared()
         self.nlp: Any = None
 
     def setup(self) -> None:
-        from pipeline.annotate import load_nlp
-
-        self.nlp = self.shared_nlp.acquire(lambda: load_nlp(self.model), tag=self.model)
+        self.nlp = _process_nlp(self.model)
 
     def process(self, batch: list[Document]) -> Iterator[Any]:
         from pipeline.annotate import annotate
@@ -105,12 +119,7 @@ class _TokenizeFn(beam.DoFn):
         self.continuation: Any = None
 
     def setup(self) -> None:
-        from tokenizers import Tokenizer
-
-        from pipeline.encode import continuation_table
-
-        self.tok = Tokenizer.from_str(self.tokenizer_json)
-        self.continuation = continuation_table(self.tok)
+        self.tok, self.continuation = _process_tokenizer(self.tokenizer_json)
 
     def process(self, batch: list[Document]) -> Iterator[Any]:
         from pipeline.align import char_to_piece_spans
