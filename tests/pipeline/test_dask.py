@@ -131,3 +131,18 @@ def test_dask_matches_default_runner_with_annotation(dask_scheduler, short_artic
     _assert_same_output(tmp_path / "default", tmp_path / "dask", "split_bytes")
     assert dask["totals"]["documents_read"] == 3
     assert dask["spans"]["entity_spans"] > 0 and dask["spans"]["noun_phrase_spans"] > 0
+
+
+def test_runner_alias_and_partition_default() -> None:
+    """`--runner dask` is Beam's DaskRunner by class path; partitions default to the planned ranges
+    (at most 32), and a user's own Dask partitioning flag wins."""
+    from pipeline.run import _resolve_runner, _runner_defaults
+
+    path = "apache_beam.runners.dask.dask_runner.DaskRunner"
+    assert _resolve_runner(["--runner", "dask", "--x"]) == ["--runner", path, "--x"]
+    assert _resolve_runner(["--runner=DaskRunner"]) == [f"--runner={path}"]
+    assert _resolve_runner(["--runner=DataflowRunner"]) == ["--runner=DataflowRunner"]
+    assert _runner_defaults([f"--runner={path}"], 5) == [f"--runner={path}", "--dask_npartitions=5"]
+    assert _runner_defaults([f"--runner={path}"], 500)[-1] == "--dask_npartitions=32"
+    assert _runner_defaults([f"--runner={path}", "--dask_partition_size=4"], 5)[-1] == "--dask_partition_size=4"
+    assert _runner_defaults(["--direct_num_workers=2"], 5) == ["--direct_num_workers=2"]
