@@ -2,10 +2,12 @@
 (local paths, gs://, s3://, hdfs:// alike).
 
 Reading is splittable: every matched file becomes one or more byte ranges (WikiExtractor and JSONL
-files are cut every `split_bytes`; a one-document-per-file text file is one range); ranges are
-shuffled to workers, and each worker streams its range line by line, so no worker holds more than
-one document at a time. Documents are then shuffled again, so a single big input file (one
-WikiExtractor dump) still spreads its documents over every worker for the expensive stages.
+files are cut every `split_bytes`; a one-document-per-file text file is one range), planned when the
+graph is built, so every runner sees them as separate elements (a runner that does not redistribute
+on Reshuffle, like Dask's, parallelises over its initial partitions only). Each worker streams its
+range line by line, so no worker holds more than one document at a time. The documents are then
+grouped into batches by a GroupByKey (`transforms.BatchDocuments`), which spreads a single big input
+file (one WikiExtractor dump) over every worker for the expensive stages.
 """
 
 from __future__ import annotations
@@ -102,9 +104,14 @@ def match_inputs(specs: Iterable[InputSpec]) -> list[tuple[InputSpec, list[Any]]
     return out
 
 
-def plan_ranges(spec: InputSpec, split_bytes: int) -> Iterator[ReadRange]:
+def plan_ranges(matched: list[tuple[InputSpec, list[Any]]], split_bytes: int) -> list[ReadRange]:
+    """Byte ranges of every matched file (the output of `match_inputs`)."""
+    return [r for spec, metas in matched for r in _file_ranges(spec, metas, split_bytes)]
+
+
+def _file_ranges(spec: InputSpec, metas: list[Any], split_bytes: int) -> Iterator[ReadRange]:
     base = source_base(spec.pattern)
-    for meta in sorted(FileSystems.match([spec.pattern])[0].metadata_list, key=lambda m: m.path):
+    for meta in metas:
         source = meta.path[len(base) :] if meta.path.startswith(base) else meta.path.rsplit("/", 1)[-1]
         compressed = CompressionTypes.detect_compression_type(meta.path) != CompressionTypes.UNCOMPRESSED
         if not SPLITTABLE[spec.fmt] or compressed or meta.size_in_bytes <= split_bytes:
@@ -122,20 +129,18 @@ class _ReadRangeFn(beam.DoFn):
 
 
 class ReadDocuments(beam.PTransform):
-    """PBegin -> RawDocument for every document of every input."""
+    """PBegin -> RawDocument for every document of the planned ranges (`plan_ranges`)."""
 
-    def __init__(self, inputs: list[InputSpec], split_bytes: int = SPLIT_BYTES) -> None:
+    def __init__(self, ranges: list[ReadRange]) -> None:
         super().__init__()
-        self.inputs, self.split_bytes = inputs, split_bytes
+        self.ranges = ranges
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pbegin
-            | "CreateInputs" >> beam.Create(self.inputs)
-            | "PlanRanges" >> beam.FlatMap(plan_ranges, self.split_bytes)
+            | "CreateRanges" >> beam.Create(self.ranges)
             | "DistributeRanges" >> beam.Reshuffle()
             | "ReadRanges" >> beam.ParDo(_ReadRangeFn())
-            | "DistributeDocuments" >> beam.Reshuffle()
         )
 
 
@@ -320,18 +325,54 @@ def build_manifest(
     }
 
 
+@dataclass
+class ManifestInputs:
+    """Everything the manifest is made of, gathered into one element."""
+
+    shards: list[dict[str, Any]]
+    stats: dict[str, int]
+    dead: list[Rejection]
+
+
+class _GatherFn(beam.CombineFn):
+    """("shard", info) / ("stat", (name, n)) / ("dead", Rejection) -> one ManifestInputs, stats summed."""
+
+    def create_accumulator(self) -> ManifestInputs:
+        return ManifestInputs([], {}, [])
+
+    def add_input(self, acc: ManifestInputs, part: tuple[str, Any]) -> ManifestInputs:
+        kind, value = part
+        if kind == "shard":
+            acc.shards.append(value)
+        elif kind == "stat":
+            acc.stats[value[0]] = acc.stats.get(value[0], 0) + value[1]
+        else:
+            acc.dead.append(value)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[ManifestInputs]) -> ManifestInputs:
+        out = self.create_accumulator()
+        for acc in accs:
+            out.shards += acc.shards
+            out.dead += acc.dead
+            for name, n in acc.stats.items():
+                out.stats[name] = out.stats.get(name, 0) + n
+        return out
+
+    def extract_output(self, acc: ManifestInputs) -> ManifestInputs:
+        return acc
+
+
 def _finalize(
-    _: None,
-    shards: list[dict[str, Any]],
-    stats: list[tuple[str, int]],
-    dead: list[Rejection],
+    gathered: ManifestInputs,
     *,
     output: str,
     base: dict[str, Any],
     vocab_txt: str,
     tokenizer_json: str,
 ) -> Iterator[dict[str, Any]]:
-    manifest = build_manifest(base, shards, dict(sorted(stats)), len(dead))
+    shards, dead = gathered.shards, gathered.dead
+    manifest = build_manifest(base, shards, dict(sorted(gathered.stats.items())), len(dead))
     unigram = np.sum([s["unigram"] for s in shards], axis=0) if shards else np.zeros(base["tokenizer"]["vocab_size"], np.int64)
     buf = io.BytesIO()
     np.save(buf, unigram.astype(np.int64))
@@ -346,7 +387,11 @@ def _finalize(
 
 
 class WriteManifest(beam.PTransform):
-    """Shard infos + stats + dead letters -> the side files and manifest.json (written last)."""
+    """Shard infos + stats + dead letters -> the side files and manifest.json (written last).
+
+    The three collections are flattened and combined into one element, the main input of the
+    final step: no side inputs (the DaskRunner recomputes a side input's whole producer graph).
+    """
 
     def __init__(self, output: str, base: dict[str, Any], vocab_txt: str, tokenizer_json: str) -> None:
         super().__init__()
@@ -354,16 +399,17 @@ class WriteManifest(beam.PTransform):
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection, beam.PCollection]) -> beam.PCollection:
         shards, stats, dead = inputs
+        parts = [
+            shards | "TagShards" >> beam.Map(lambda s: ("shard", s)),
+            stats | "TagStats" >> beam.Map(lambda s: ("stat", s)),
+            dead | "TagDeadLetters" >> beam.Map(lambda d: ("dead", d)),
+        ]
+        # WriteShards emits one info per shard, empty ones too, so the combined input is never empty.
         return (
-            shards.pipeline
-            | "CreateTrigger" >> beam.Create([None])
-            | "Finalize" >> beam.FlatMap(
-                _finalize,
-                beam.pvalue.AsList(shards),
-                beam.pvalue.AsList(stats),
-                beam.pvalue.AsList(dead),
-                **self.kwargs,
-            )
+            parts
+            | "MergeParts" >> beam.Flatten()
+            | "Gather" >> beam.CombineGlobally(_GatherFn()).without_defaults()
+            | "Finalize" >> beam.FlatMap(_finalize, **self.kwargs)
         )
 
 

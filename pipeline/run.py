@@ -1,9 +1,11 @@
 """`python -m pipeline`: raw corpora -> Arrow shards (see docs/pipeline.md).
 
 Our flags are parsed here; every flag we do not know goes to Beam's PipelineOptions unchanged
-(--runner, --direct_num_workers, --direct_running_mode, --project, --region, --temp_location,
---flink_master, --spark_master_url, ...). Without --runner the pipeline runs in this process on
-Beam's FnApiRunner (the DirectRunner family), which needs no service and nothing downloaded.
+(--runner, --direct_num_workers, --direct_running_mode, --dask_client_address, --project, --region,
+--temp_location, --flink_master, --spark_master_url, ...). Without --runner the pipeline runs in this
+process on Beam's FnApiRunner (the DirectRunner family), which needs no service and nothing
+downloaded. `--runner dask` (or `DaskRunner`) names Beam's DaskRunner, which Beam itself only
+accepts by its full class path.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -28,12 +31,18 @@ from pipeline.io import (
     join,
     match_inputs,
     parse_input,
+    plan_ranges,
     prepare_output,
     read_text,
 )
 from pipeline.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE
 from pipeline.tokenizer import load_tokenizer, vocab_list, vocab_sha256
-from pipeline.transforms import DEAD_LETTER, STATS, Preprocess, sum_stats
+from pipeline.transforms import DEAD_LETTER, STATS, Preprocess
+
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+RUNNER_ALIASES = {"dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
+DASK_MAX_PARTITIONS = 32  # default --dask_npartitions cap: each partition loads the tokenizer once
+BATCH_GROUP_BYTES = 1 << 20  # input bytes per batching group (transforms.BatchDocuments)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +98,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args, beam_args = parser.parse_known_args(argv)
     _validate(args, parser)
     inputs = [parse_input(s, args.format) for s in args.input]
-    match_inputs(inputs)  # fail before starting workers if a glob matches nothing
+    # Planned here, before any worker starts: a glob that matches nothing fails now, and every
+    # runner gets the ranges as separate elements to distribute.
+    matched = match_inputs(inputs)
+    ranges = plan_ranges(matched, args.split_bytes)
+    input_bytes = sum(m.size_in_bytes for _, metas in matched for m in metas)
     tok = load_tokenizer(vocab=args.vocab) if args.vocab else load_tokenizer(tokenizer_json=args.tokenizer)
     vocab = vocab_list(tok)
     prepare_output(args.output, args.overwrite)
@@ -108,11 +121,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "options": options,
     }
     tokenizer_json = tok.to_str()
-    beam_options = PipelineOptions(_local_defaults(beam_args, args.annotate))
+    beam_args = _runner_defaults(_local_defaults(_resolve_runner(beam_args), args.annotate), len(ranges))
+    beam_options = PipelineOptions(beam_args)
     # No --runner: FnApiRunner directly. (DirectRunner would first try Prism, which downloads a binary.)
     runner = None if beam_options.view_as(StandardOptions).runner else _local_runner()
     with beam.Pipeline(runner=runner, options=beam_options) as p:
-        raw_documents = p | "ReadDocuments" >> ReadDocuments(inputs, args.split_bytes)
+        raw_documents = p | "ReadDocuments" >> ReadDocuments(ranges)
         out = raw_documents | "Preprocess" >> Preprocess(
             CleanOptions(
                 encoding_fallback=args.encoding_fallback,
@@ -127,12 +141,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             args.spacy_model if args.annotate else None,
             args.chunk_chars,
             args.batch_docs,
+            batch_groups=max(1, math.ceil(input_bytes / BATCH_GROUP_BYTES)),
         )
         shard_infos = out["shard_to_blocks"] | "WriteShards" >> WriteShards(args.output, args.num_shards, len(vocab))
-        stat_to_total = sum_stats(out[STATS])
-        _ = (shard_infos, stat_to_total, out[DEAD_LETTER]) | "WriteManifest" >> WriteManifest(
+        # Applied last: the DaskRunner computes only the graph behind the last transform.
+        _ = (shard_infos, out[STATS], out[DEAD_LETTER]) | "WriteManifest" >> WriteManifest(
             args.output, base, "".join(t + "\n" for t in vocab), tokenizer_json
         )
+    _close_client(p.result)
     manifest = json.loads(read_text(join(args.output, MANIFEST)))
     print(summary(manifest))
     return manifest
@@ -149,6 +165,36 @@ def _local_defaults(beam_args: list[str], annotate: bool) -> list[str]:
     import os
 
     return [*beam_args, "--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}"]
+
+
+def _resolve_runner(beam_args: list[str]) -> list[str]:
+    """`--runner dask` / `--runner=DaskRunner` -> Beam's DaskRunner by its full class path."""
+    out = list(beam_args)
+    for i, a in enumerate(out):
+        if a.startswith("--runner="):
+            name = a.split("=", 1)[1]
+            out[i] = "--runner=" + RUNNER_ALIASES.get(name.lower(), name)
+        elif a == "--runner" and i + 1 < len(out):
+            out[i + 1] = RUNNER_ALIASES.get(out[i + 1].lower(), out[i + 1])
+    return out
+
+
+def _runner_defaults(beam_args: list[str], num_ranges: int) -> list[str]:
+    """On Dask, one partition per planned input range (up to DASK_MAX_PARTITIONS) unless given.
+
+    The DaskRunner's parallelism is the partition count of the initial Create, which it otherwise
+    sets to one partition per 128 elements: one task for a whole corpus of fewer files.
+    """
+    if PipelineOptions(beam_args).view_as(StandardOptions).runner != DASK_RUNNER or any(a.startswith(("--dask_npartitions", "--dask_partition_size")) for a in beam_args):
+        return beam_args
+    return [*beam_args, f"--dask_npartitions={min(num_ranges, DASK_MAX_PARTITIONS)}"]
+
+
+def _close_client(result: Any) -> None:
+    """The DaskRunner opens a dask.distributed Client and leaves it open; close it once the job is done."""
+    client = getattr(result, "client", None)
+    if client is not None:
+        client.close()
 
 
 def _local_runner() -> beam.runners.PipelineRunner:

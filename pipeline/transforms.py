@@ -1,39 +1,53 @@
 """The pipeline's composite PTransforms that do no I/O (reading and writing live in pipeline.io).
 
-Each stage sends rejected documents to a tagged `dead_letter` output and its event counts to a
-tagged `stats` output (as (name, n) pairs): the manifest's accounting is computed from data, so it
-is exact on every runner, and the same counts also go to Beam metrics for monitoring.
+Each stage sends rejected documents to a `dead_letter` collection and its event counts to a `stats`
+collection (as (name, n) pairs): the manifest's accounting is computed from data, so it is exact on
+every runner, and the same counts also go to Beam metrics for monitoring.
+
+Written for every Beam runner, Dask's included (see docs/pipeline.md, "Runners"): a stage's DoFn has
+one output whose side elements are wrapped in `Side`, split by one selecting FlatMap per collection
+(Beam 2.77's DaskRunner feeds every `with_outputs` tag to every consumer); batches are formed by a
+GroupByKey, not in `finish_bundle` (whose output that runner drops); no stage reads a side input.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import TaggedOutput
 
 from pipeline.documents import CleanOptions, Document, RawDocument, Rejection, clean_document
 from pipeline.encode import EncodedDoc, encode_segmented, rule_sentence_starts, safe_starts, to_blocks
 
 NAMESPACE = "pipeline"
+MAIN = "main"
 STATS = "stats"
 DEAD_LETTER = "dead_letter"
 
 
-def count(name: str, n: int = 1) -> TaggedOutput:
+@dataclass(frozen=True)
+class Side:
+    """An element a stage sends to its `tag` collection (STATS or DEAD_LETTER) instead of downstream."""
+
+    tag: str
+    value: Any
+
+
+def count(name: str, n: int = 1) -> Side:
     """Count an event both as a Beam metric and as a `stats` element for the manifest."""
     Metrics.counter(NAMESPACE, name).inc(n)
-    return TaggedOutput(STATS, (name, n))
+    return Side(STATS, (name, n))
 
 
-def reject(rej: Rejection) -> Iterator[TaggedOutput]:
+def reject(rej: Rejection) -> Iterator[Side]:
     yield count("documents_rejected")
     yield count(f"rejected.{rej.reason}")
-    yield TaggedOutput(DEAD_LETTER, rej)
+    yield Side(DEAD_LETTER, rej)
 
 
 def shard_of(doc_id: str, num_shards: int) -> int:
@@ -56,17 +70,36 @@ class _CleanFn(beam.DoFn):
         yield out
 
 
+# Heavy per-process state, built once per worker process and model rather than once per DoFn
+# instance: runners that make a new DoFn instance per bundle (the DaskRunner does, per partition)
+# would otherwise reload spaCy (seconds) and the tokenizer (~0.2 s) for every bundle. One entry
+# each, so a long-lived worker keeps only the current job's model.
+@functools.lru_cache(maxsize=1)
+def _process_nlp(model: str) -> Any:
+    from pipeline.annotate import load_nlp
+
+    return load_nlp(model)
+
+
+@functools.lru_cache(maxsize=1)
+def _process_tokenizer(tokenizer_json: str) -> tuple[Any, Any]:
+    from tokenizers import Tokenizer
+
+    from pipeline.encode import continuation_table
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    return tok, continuation_table(tok)
+
+
 class _AnnotateFn(beam.DoFn):
-    """spaCy once per worker (setup), one nlp.pipe per batch of documents."""
+    """spaCy once per worker process, one nlp.pipe per batch of documents."""
 
     def __init__(self, model: str, chunk_chars: int, batch_size: int) -> None:
         self.model, self.chunk_chars, self.batch_size = model, chunk_chars, batch_size
         self.nlp: Any = None
 
     def setup(self) -> None:
-        from pipeline.annotate import load_nlp
-
-        self.nlp = load_nlp(self.model)
+        self.nlp = _process_nlp(self.model)
 
     def process(self, batch: list[Document]) -> Iterator[Any]:
         from pipeline.annotate import annotate
@@ -86,12 +119,7 @@ class _TokenizeFn(beam.DoFn):
         self.continuation: Any = None
 
     def setup(self) -> None:
-        from tokenizers import Tokenizer
-
-        from pipeline.encode import continuation_table
-
-        self.tok = Tokenizer.from_str(self.tokenizer_json)
-        self.continuation = continuation_table(self.tok)
+        self.tok, self.continuation = _process_tokenizer(self.tokenizer_json)
 
     def process(self, batch: list[Document]) -> Iterator[Any]:
         from pipeline.align import char_to_piece_spans
@@ -137,9 +165,24 @@ class _BuildBlocksFn(beam.DoFn):
         yield shard_of(doc.doc_id, self.num_shards), rows
 
 
+def _main(element: Any) -> Iterator[Any]:
+    if not isinstance(element, Side):
+        yield element
+
+
+def _side(element: Any, tag: str) -> Iterator[Any]:
+    if isinstance(element, Side) and element.tag == tag:
+        yield element.value
+
+
 def _outputs(pcoll: beam.PCollection, fn: beam.DoFn, label: str) -> dict[str, beam.PCollection]:
-    res = pcoll | label >> beam.ParDo(fn).with_outputs(STATS, DEAD_LETTER, main="main")
-    return {"main": res.main, STATS: res[STATS], DEAD_LETTER: res[DEAD_LETTER]}
+    """Run `fn` and split its output into the main, `stats` and `dead_letter` collections."""
+    mixed = pcoll | label >> beam.ParDo(fn)
+    return {
+        MAIN: mixed | f"{label}Main" >> beam.FlatMap(_main),
+        STATS: mixed | f"{label}Stats" >> beam.FlatMap(_side, STATS),
+        DEAD_LETTER: mixed | f"{label}DeadLetters" >> beam.FlatMap(_side, DEAD_LETTER),
+    }
 
 
 class CleanDocuments(beam.PTransform):
@@ -151,6 +194,33 @@ class CleanDocuments(beam.PTransform):
 
     def expand(self, raw: beam.PCollection) -> dict[str, beam.PCollection]:
         return _outputs(raw, _CleanFn(self.opts), "Clean")
+
+
+def _cut_batches(group: tuple[int, Iterable[Document]], batch_docs: int) -> Iterator[list[Document]]:
+    docs = sorted(group[1], key=lambda d: d.doc_id)  # batch membership independent of arrival order
+    for i in range(0, len(docs), batch_docs):
+        yield docs[i : i + batch_docs]
+
+
+class BatchDocuments(beam.PTransform):
+    """Document -> batches (lists) of at most `batch_docs` Documents.
+
+    Documents are grouped by a stable hash of their id into `groups` groups (a GroupByKey, which
+    also spreads them over the workers) and each group is cut into batches. Unlike BatchElements
+    this emits nothing from finish_bundle, and a batch's membership does not depend on bundling.
+    """
+
+    def __init__(self, batch_docs: int, groups: int) -> None:
+        super().__init__()
+        self.batch_docs, self.groups = batch_docs, groups
+
+    def expand(self, docs: beam.PCollection) -> beam.PCollection:
+        return (
+            docs
+            | "KeyByGroup" >> beam.Map(lambda d, n: (shard_of(d.doc_id, n), d), self.groups)
+            | "GroupDocuments" >> beam.GroupByKey()
+            | "CutBatches" >> beam.FlatMap(_cut_batches, self.batch_docs)
+        )
 
 
 class AnnotateDocuments(beam.PTransform):
@@ -198,31 +268,26 @@ class Preprocess(beam.PTransform):
         annotate_model: str | None,
         chunk_chars: int,
         batch_docs: int,
+        batch_groups: int = 1,
     ) -> None:
         super().__init__()
         self.clean, self.tokenizer_json = clean, tokenizer_json
         self.block_size, self.num_shards = block_size, num_shards
         self.annotate_model, self.chunk_chars, self.batch_docs = annotate_model, chunk_chars, batch_docs
+        self.batch_groups = batch_groups
 
     def expand(self, raw: beam.PCollection) -> dict[str, beam.PCollection]:
         stages: list[dict[str, beam.PCollection]] = []
         stages.append(raw | "CleanDocuments" >> CleanDocuments(self.clean))
-        # Batch membership depends on bundling, but every result depends on one document only,
-        # so output stays deterministic.
-        batches = stages[-1]["main"] | "BatchDocuments" >> beam.BatchElements(
-            min_batch_size=self.batch_docs, max_batch_size=self.batch_docs
-        )
+        batches = stages[-1][MAIN] | "BatchDocuments" >> BatchDocuments(self.batch_docs, self.batch_groups)
         if self.annotate_model:
             stages.append(batches | "AnnotateDocuments" >> AnnotateDocuments(self.annotate_model, self.chunk_chars))
-            batches = stages[-1]["main"]
+            batches = stages[-1][MAIN]
         stages.append(batches | "TokenizeDocuments" >> TokenizeDocuments(self.tokenizer_json))
-        stages.append(stages[-1]["main"] | "BuildBlocks" >> BuildBlocks(self.block_size, self.num_shards))
+        stages.append(stages[-1][MAIN] | "BuildBlocks" >> BuildBlocks(self.block_size, self.num_shards))
         return {
-            "shard_to_blocks": stages[-1]["main"],
+            "shard_to_blocks": stages[-1][MAIN],
             STATS: [s[STATS] for s in stages] | "MergeStats" >> beam.Flatten(),
             DEAD_LETTER: [s[DEAD_LETTER] for s in stages] | "MergeDeadLetters" >> beam.Flatten(),
         }
 
-
-def sum_stats(stats: beam.PCollection) -> beam.PCollection:
-    return stats | "SumStats" >> beam.CombinePerKey(sum)
