@@ -10,6 +10,8 @@ CONFIG  ?= tiny
 PIPELINE_ARGS ?=
 TRAIN_ARGS ?=
 ABLATE_ARGS ?=
+# Corpus copies for the pipeline scaling bench (the issue-12 table used 1,10,30: ~15 CPU-minutes more).
+PIPELINE_SIZES ?= 1,3
 
 .PHONY: install test bench preprocess train demo ablate lint clean gpu-shards
 
@@ -27,6 +29,7 @@ test: install
 bench: install
 	$(PY) bench/bench_masking.py
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_pipeline_scale.py --sizes $(PIPELINE_SIZES)
 	$(PY) bench/bench_trainer.py
 
 preprocess: install

@@ -23,20 +23,14 @@ from pipeline.blocks import cut_blocks
 # The cheap sentence rule (used with --no-annotate; spaCy's sentences replace it otherwise):
 # a sentence starts at the beginning of a paragraph (after a blank line) or after ". ", "! ", "? "
 # (closing quotes/brackets allowed) when the next word starts with a capital, digit or opening quote.
-_RULE = re.compile(r"\n[ \t]*\n\s*|(?<=[.!?])[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
+# The terminator is consumed rather than looked behind for: the same match ends (the regex engine
+# then only tries the second branch at ".!?" instead of at every character; 2-3x faster).
+_RULE = re.compile(r"\n[ \t]*\n\s*|[.!?][\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
 
 
 def rule_sentence_starts(text: str) -> list[int]:
     """Character offsets where sentences start (always includes 0)."""
     return [0, *(m.end() for m in _RULE.finditer(text) if m.end() < len(text))]
-
-
-def _splits_nothing(text: str, pos: int) -> bool:
-    """True when cutting `text` at `pos` cannot change BERT pre-tokenisation."""
-    if pos <= 0 or pos >= len(text):
-        return True
-    a, b = text[pos - 1], text[pos]
-    return a.isspace() or b.isspace() or _is_punct(a) or _is_punct(b)
 
 
 def _is_punct(ch: str) -> bool:
@@ -48,11 +42,19 @@ def _is_punct(ch: str) -> bool:
 
 
 def safe_starts(text: str, starts: Sequence[int]) -> list[int]:
-    """Sorted, de-duplicated segment starts, dropping any that would split a pre-token."""
+    """Sorted, de-duplicated segment starts, dropping any that would split a pre-token.
+
+    A cut at `s` cannot change BERT pre-tokenisation when the character before or at `s` is
+    whitespace or punctuation. Inlined with the cheap whitespace test first: ~10^5 starts per batch,
+    and every rule start (and nearly every spaCy one) follows whitespace.
+    """
     out = [0]
+    n = len(text)
     for s in sorted(set(starts)):
-        if 0 < s < len(text) and s > out[-1] and _splits_nothing(text, s):
-            out.append(s)
+        if 0 < s < n and s > out[-1]:
+            a, b = text[s - 1], text[s]
+            if a.isspace() or b.isspace() or _is_punct(a) or _is_punct(b):
+                out.append(s)
     return out
 
 
@@ -93,30 +95,44 @@ def encode_segmented(
     per-segment Python work is then a few list operations, which matters with ~10^5 segments.
     """
     pieces: list[str] = []
-    bounds: list[list[int]] = []
+    counts: list[int] = []  # segments per text
     for text, st in zip(texts, starts, strict=True):
         b = [*st, len(text)]
-        bounds.append(b)
-        pieces.extend(text[b[i] : b[i + 1]] for i in range(len(b) - 1))
+        counts.append(len(st))
+        pieces.extend(map(text.__getitem__, map(slice, b[:-1], b[1:])))
+    # (encode_batch_fast, which skips offsets, measured no faster on sentence-sized segments.)
     encs = tok.encode_batch(pieces, add_special_tokens=False)
+    # One conversion for the whole batch, then numpy slicing per text: each Encoding's `.ids`
+    # builds a Python list, so read it exactly once.
+    id_lists = [e.ids for e in encs]
+    seg_len = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+    all_ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(seg_len.sum()))
+    del id_lists
+    all_ws = ~continuation[all_ids] if continuation is not None else None
+    seg_end = np.cumsum(seg_len)
     out = []
     k = 0
-    for b in bounds:
-        segs = encs[k : k + len(b) - 1]
-        k += len(b) - 1
-        lengths = np.fromiter((len(e.ids) for e in segs), dtype=np.int64, count=len(segs))
-        ids = np.fromiter(chain.from_iterable(e.ids for e in segs), dtype=np.int32, count=int(lengths.sum()))
-        if continuation is not None:
-            ws = ~continuation[ids]
+    for text_starts, n_seg in zip(starts, counts, strict=True):
+        lengths = seg_len[k : k + n_seg]
+        lo = int(seg_end[k - 1]) if k else 0
+        hi = int(seg_end[k + n_seg - 1]) if n_seg else lo
+        ids = all_ids[lo:hi]
+        if all_ws is not None:
+            ws = all_ws[lo:hi]
         else:
+            segs = encs[k : k + n_seg]
             ws = np.concatenate([_word_start(e.word_ids) for e in segs]) if segs else np.zeros(0, bool)
         ss = np.zeros(len(ids), dtype=bool)
         seg_first = (np.cumsum(lengths) - lengths)[lengths > 0]
         ss[seg_first] = True
         offs = None
         if with_offsets:
-            shifted = [np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) + s0 for e, s0 in zip(segs, b, strict=False)]
+            shifted = [
+                np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) + s0
+                for e, s0 in zip(encs[k : k + n_seg], text_starts, strict=False)
+            ]
             offs = np.concatenate(shifted) if shifted else np.zeros((0, 2), dtype=np.int64)
+        k += n_seg
         out.append((ids, ws, ss, offs))
     return out
 
