@@ -3,7 +3,6 @@
 shows the traceback (contract/cli.py). One subprocess per command (what a user sees, through the module's
 real entry point); further cases of the trainer in-process, through the same wrapper, to keep the suite lean."""
 
-# ruff: noqa: F811 - `shard_dir` is the trainer tests' fixture, imported below and requested by name
 from __future__ import annotations
 
 import json
@@ -16,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from contract.cli import run_main
-from tests.trainer.conftest import shard_dir  # noqa: F401 - the trainer tests' tiny shard directory
 from trainer.__main__ import main as trainer_main
 
 REPO = Path(__file__).resolve().parent.parent
