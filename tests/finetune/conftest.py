@@ -4,26 +4,11 @@ directory. Nothing from ../shared."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-
-SQUAD_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "squad"
-V1 = SQUAD_FIXTURES / "dev-v1.1-excerpt.json"
-V2 = SQUAD_FIXTURES / "dev-v2.0-excerpt.json"
-
-
-def squad_texts() -> list[str]:
-    texts = []
-    for f in (V1, V2):
-        for article in json.loads(f.read_text(encoding="utf-8"))["data"]:
-            for p in article["paragraphs"]:
-                texts.append(p["context"])
-                texts.extend(qa["question"] for qa in p["qas"])
-    return texts
-
+from squad_fixtures import squad_texts
 
 @pytest.fixture(scope="session")
 def squad_vocab(tmp_path_factory) -> Path:
