@@ -10,8 +10,12 @@ CONFIG  ?= tiny
 PIPELINE_ARGS ?=
 TRAIN_ARGS ?=
 ABLATE_ARGS ?=
+SQUAD   ?= $(SHARED)/squad
+SQUAD_RUN ?= $(RUN)
+SQUAD_OUT ?= squad-out
+SQUAD_ARGS ?=
 
-.PHONY: install test bench preprocess train demo ablate lint clean
+.PHONY: install test bench preprocess train demo ablate squad lint clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +32,7 @@ bench: install
 	$(PY) bench/bench_masking.py
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_squad.py
 
 preprocess: install
 	$(PY) -m pipeline \
@@ -47,8 +52,17 @@ ablate: install
 	test -f $(SHARDS)/manifest.json || $(MAKE) preprocess
 	$(PY) -m trainer.ablate --data $(SHARDS) $(ABLATE_ARGS)
 
+# SQuAD 1.1 and 2.0: split each dev file by article, fine-tune $(SQUAD_RUN) on one half, score the other.
+# Real users pass the official train/dev files to `python -m finetune squad` directly.
+squad: install
+	for v in v1.1 v2.0; do \
+	  $(PY) -m finetune.split $(SQUAD)/dev-$$v.json --out $(SQUAD_OUT)/split-$$v && \
+	  $(PY) -m finetune squad --model $(SQUAD_RUN) --train $(SQUAD_OUT)/split-$$v/train.json \
+	    --dev $(SQUAD_OUT)/split-$$v/heldout.json --out $(SQUAD_OUT)/$$v $(SQUAD_ARGS) || exit 1; \
+	done
+
 lint: install
-	$(PY) -m ruff check masking pipeline trainer demo tests bench
+	$(PY) -m ruff check masking pipeline trainer finetune demo tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info

@@ -33,7 +33,14 @@ from finetune.data import SquadSet, load_squad
 from finetune.decode import DecodeConfig, Decoded, decode
 from finetune.evaluate_squad import Scored, missing_note, score_v1, score_v2
 from finetune.features import FeatureConfig, Features, build_features, collate
-from finetune.model import BertForQuestionAnswering, Pretrained, build_model, export_qa, load_pretrained, qa_loss
+from finetune.model import (
+    BertForQuestionAnswering,
+    Pretrained,
+    build_model,
+    export_qa,
+    load_pretrained,
+    qa_loss,
+)
 from pipeline.tokenizer import load_tokenizer, special_ids
 from trainer.model import decay_groups
 from trainer.train import Dist, lr_factor, setup_dist, teardown_dist

@@ -38,12 +38,12 @@ from typing import Any
 import torch
 
 from trainer.config import load_config
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SQUAD2 = REPO.parent / "shared" / "data" / "squad" / "dev-v2.0.json"
 from trainer.evaluate import evaluate_checkpoint
 from trainer.model import OBJECTIVES
 from trainer.report import plot_loss_curves
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SQUAD2 = REPO.parent / "shared" / "data" / "squad" / "dev-v2.0.json"
 
 PAIR_NSP = ("data.mode=pair", "model.use_nsp=true", "model.use_sbo=false")
 SINGLE = ("data.mode=single", "model.use_nsp=false", "model.use_sbo=false")

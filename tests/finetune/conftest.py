@@ -10,6 +10,7 @@ import pytest
 import torch
 from squad_fixtures import squad_texts
 
+
 @pytest.fixture(scope="session")
 def squad_vocab(tmp_path_factory) -> Path:
     """vocab.txt (+ tokenizer.json) of a 2,000-piece cased WordPiece trained on the excerpts."""

@@ -96,8 +96,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_hf_dir, one_article
     args = ["squad", "--model", str(tiny_hf_dir), "--train", str(one_article), "--dev", str(one_article),
             *SMALL, "--max-steps", "3", "--lr", "5e-3"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-                    "-m", "finetune", *args, "--out", str(tmp_path / "ddp")], check=True, env=env, cwd=REPO,
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "finetune", *args, "--out", str(tmp_path / "ddp")], check=True, env=env, cwd=REPO, timeout=300,
                    capture_output=True)
     assert cli([*args, "--out", str(tmp_path / "one")]) == 0
     ddp, one = ([json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("ddp", "one"))

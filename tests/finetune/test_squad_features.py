@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from squad_fixtures import V1, V2
 
 from finetune.data import Answer, Question, SquadSet, load_squad
 from finetune.decode import DecodeConfig, best_span, decode
-from finetune.features import FeatureConfig, Window, build_features, max_context_windows, window_starts
+from finetune.features import FeatureConfig, build_features, max_context_windows, window_starts
 from pipeline.tokenizer import load_tokenizer
-
-from squad_fixtures import V1, V2
 
 
 def test_window_starts_as_bert():
