@@ -83,8 +83,8 @@ def max_context_windows(n_pieces: int, starts: list[int], max_pieces: int) -> np
 
 def answer_pieces(offsets: np.ndarray, start_char: int, end_char: int) -> tuple[int, int]:
     """First and last context piece overlapping the character span [start_char, end_char)."""
-    first = int(np.searchsorted(offsets[:, 1], start_char, side="right"))
-    last = int(np.searchsorted(offsets[:, 0], end_char, side="left")) - 1
+    first = int(offsets[:, 1].searchsorted(start_char, side="right"))
+    last = int(offsets[:, 0].searchsorted(end_char, side="left")) - 1
     return first, last
 
 
