@@ -44,3 +44,12 @@ def tiny_hf_dir(tmp_path_factory, squad_vocab, tiny_cfg) -> Path:
     out = tmp_path_factory.mktemp("tiny-hf")
     export_model(model.state_dict(), tiny_cfg, read_vocab_file(squad_vocab), out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one intra-op thread is ~10x faster than two on a busy 2-core machine (no spinning)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
