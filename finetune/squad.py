@@ -104,7 +104,6 @@ def _log(d: Dist, msg: str) -> None:
 def _run(cfg: FinetuneConfig, out: Path, d: Dist) -> dict[str, Any]:
     if cfg.batch_size % d.world:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {d.world} ranks")
-    torch.use_deterministic_algorithms(d.device.type == "cpu", warn_only=True)
     pre = load_pretrained(cfg.model, cfg.vocab, cfg.data)
     if pre.cfg.max_position < cfg.features.max_seq_length:
         raise ValueError(f"{cfg.model}: max_position {pre.cfg.max_position} < --max-seq-length {cfg.features.max_seq_length}")
