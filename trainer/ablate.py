@@ -15,6 +15,11 @@ masking scheme (its training task) and with the same geometric span masks for ev
 span prediction, the paper's thesis). Results: results.json, results.md, loss_curves.png, and
 span_lengths.png (the shards' geometric masking against the paper's Fig. 2).
 
+With `--downstream squad2` every row's checkpoint is also fine-tuned on SQuAD 2.0 (`python -m finetune
+squad`, on an article split of --squad-file, by default ../shared/data/squad/dev-v2.0.json) and scored with
+the official v2.0 metric: EM / F1 columns beside the held-out MLM loss, as the paper's Tables 6 and 7
+rank rows (threshold tuned on the held-out half: the official best_exact / best_f1).
+
 Runs are resumable: re-running the command continues unfinished rows (`--resume auto`) and skips
 finished ones, so a long GPU ablation survives interruption.
 """
@@ -36,6 +41,9 @@ from trainer.config import load_config
 from trainer.evaluate import evaluate_checkpoint
 from trainer.model import OBJECTIVES
 from trainer.report import plot_loss_curves
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SQUAD2 = REPO.parent / "shared" / "data" / "squad" / "dev-v2.0.json"
 
 PAIR_NSP = ("data.mode=pair", "model.use_nsp=true", "model.use_sbo=false")
 SINGLE = ("data.mode=single", "model.use_nsp=false", "model.use_sbo=false")
@@ -79,14 +87,41 @@ def train_row(row: Row, args: argparse.Namespace, run_dir: Path) -> None:
     subprocess.run(cmd, check=True)
 
 
+def squad_split(args: argparse.Namespace) -> Path:
+    """The article split of --squad-file (train.json / heldout.json), made once per grid."""
+    split = args.out / "squad2-split"
+    if not (split / "heldout.json").is_file():
+        subprocess.run([sys.executable, "-m", "finetune.split", str(args.squad_file), "--out", str(split)], check=True)
+    return split
+
+
+def finetune_row(row: Row, args: argparse.Namespace, run_dir: Path, split: Path) -> dict[str, float]:
+    """Fine-tune the row's checkpoint on the split's train half, score the held-out half (SQuAD 2.0)."""
+    out = run_dir / "squad2"
+    if not (out / "eval.json").is_file():  # resumable: a scored row is not fine-tuned again
+        launcher = [sys.executable, "-m"]
+        if args.nproc > 1:
+            launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m"]
+        cmd = [*launcher, "finetune", "squad", "--model", str(run_dir), "--train", str(split / "train.json"),
+               "--dev", str(split / "heldout.json"), "--out", str(out), "--version", "2.0", *args.squad_args]
+        print(f"[ablate] {row.name}: $ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+        subprocess.run(cmd, check=True)
+    m = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    return {"squad2_em": m["best_exact"], "squad2_f1": m["best_f1"], "squad2_em_at_0": m["exact"], "squad2_f1_at_0": m["f1"]}
+
+
 def write_results(out: Path, results: list[dict[str, Any]]) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     cols = ("own_mlm_loss", "own_mlm_acc", "geo_mlm_loss", "geo_mlm_acc", "geo_sbo_loss", "own_nsp_acc")
+    if any("squad2_f1" in r for r in results):
+        cols += ("squad2_em", "squad2_f1")
     lines = [
         "# Ablation grid (held-out documents, fixed masks)",
         "",
         "`own`: masked with the row's own scheme (its training task). `geo`: every row masked with the same",
         "geometric spans in one sequence (one yardstick). Loss in nats per masked token; lower is better.",
+        "`squad2_em` / `squad2_f1`: SQuAD 2.0 after fine-tuning on half of the articles, scored on the other half",
+        "(official v2.0 metric, best_exact / best_f1: no-answer threshold tuned there); higher is better.",
         "",
         "| run | paper rows | " + " | ".join(cols) + " |",
         "|---|---|" + "---|" * len(cols),
@@ -110,7 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-blocks", type=int, default=0, help="evaluate at most this many held-out blocks (0 = all)")
     p.add_argument("--nproc", type=int, default=max(1, torch.cuda.device_count()), help="torchrun processes per row")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="for every row")
+    p.add_argument("--downstream", choices=("none", "squad2"), default="none",
+                   help="squad2: also fine-tune every row on SQuAD 2.0 and add EM / F1 columns")
+    p.add_argument("--squad-file", type=Path, default=DEFAULT_SQUAD2,
+                   help="SQuAD 2.0 file split by article into train / held-out halves (python -m finetune.split)")
+    small = [] if gpu else ["--max-steps", "150", "--max-seq-length", "256", "--batch-size", "16", "--lr", "1e-4"]
+    p.add_argument("--squad-args", default=" ".join(small),
+                   help="extra `python -m finetune squad` options; default on CPU: a short run "
+                        f"({' '.join(small) or 'none'}), on GPU: the paper's recipe")
     args = p.parse_args(argv)
+    args.squad_args = shlex.split(args.squad_args)
 
     rows = ROWS if args.rows == "all" else [r for r in ROWS if r.name in args.rows.split(",")]
     unknown = set(args.rows.split(",")) - {r.name for r in ROWS} if args.rows != "all" else set()
@@ -126,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
              "--blocks", "2000", "--json", "--plot", str(args.out / "span_lengths.png")],
             check=True, stdout=stats,
         )
+    if args.downstream == "squad2" and not args.squad_file.is_file():
+        raise SystemExit(f"error: --squad-file {args.squad_file}: no such file (a SQuAD 2.0 JSON to split)")
+    split = squad_split(args) if args.downstream == "squad2" else None
     results = []
     for row in rows:
         run_dir = args.out / "runs" / row.name
@@ -138,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                   "heldout_blocks": own["blocks"],
                   **{f"own_{k}": v for k, v in own.items() if k.split("_")[0] in OBJECTIVES},
                   **{f"geo_{k}": v for k, v in geo.items() if k.split("_")[0] in OBJECTIVES}}
+        if split is not None:
+            result.update(finetune_row(row, args, run_dir, split))
         results.append(result)
         print(f"[ablate] {row.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
         write_results(args.out, results)  # after every row: a partial grid is still a table

@@ -110,7 +110,7 @@ def test_demo_end_to_end_without_shared_data(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run(
         [sys.executable, "-m", "demo", "--out", str(out), "--articles", "6", "--vocab-size", "3000",
-         "--max-steps", "6", "--workers", "1"],
+         "--max-steps", "6", "--workers", "1", "--squad-minutes", "0.05"],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900,
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
@@ -121,6 +121,7 @@ def test_demo_end_to_end_without_shared_data(tmp_path):
     assert evaluation["blocks"] > 0 and math.isfinite(evaluation["sbo_loss"])
     report = (out / "report.md").read_text()
     assert "fill-mask" in report and "→" in report
+    assert "SQuAD 1.1 fine-tuning" in report and json.loads((out / "squad" / "ft" / "eval.json").read_text())["f1"] >= 0
     for png in ("loss.png", "span_lengths.png"):
         assert (out / png).stat().st_size > 10_000
     from transformers import BertForMaskedLM

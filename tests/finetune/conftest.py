@@ -1,0 +1,55 @@
+"""Fixtures for the fine-tuning tests: committed SQuAD excerpts (tests/fixtures/squad, CC BY-SA 4.0),
+a WordPiece vocabulary trained here on their text, and a tiny random-init BERT exported as a transformers
+directory. Nothing from ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from squad_fixtures import squad_texts
+
+
+@pytest.fixture(scope="session")
+def squad_vocab(tmp_path_factory) -> Path:
+    """vocab.txt (+ tokenizer.json) of a 2,000-piece cased WordPiece trained on the excerpts."""
+    from pipeline.tokenizer import vocab_list
+    from pipeline.vocab import train
+
+    out = tmp_path_factory.mktemp("squad-vocab")
+    tok = train(iter(squad_texts()), vocab_size=2000, min_frequency=1, bert_layout=False)
+    (out / "vocab.txt").write_text("".join(t + "\n" for t in vocab_list(tok)), encoding="utf-8")
+    return out / "vocab.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(squad_vocab):
+    from trainer.config import ModelConfig
+
+    n = len(squad_vocab.read_text(encoding="utf-8").splitlines())
+    return ModelConfig(vocab_size=n, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                       max_position=256, use_sbo=False, use_nsp=False, dropout=0.0, attention_dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory, squad_vocab, tiny_cfg) -> Path:
+    """A random-init tiny BERT (seed 0) as a transformers directory with the excerpt vocabulary."""
+    from trainer.export import export_model
+    from trainer.hf import read_vocab_file
+    from trainer.model import SpanBert
+
+    torch.manual_seed(0)
+    model = SpanBert(tiny_cfg)
+    out = tmp_path_factory.mktemp("tiny-hf")
+    export_model(model.state_dict(), tiny_cfg, read_vocab_file(squad_vocab), out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one intra-op thread is ~10x faster than two on a busy 2-core machine (no spinning)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
