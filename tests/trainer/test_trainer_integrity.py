@@ -103,21 +103,25 @@ def test_row_count_and_schema_disagreeing_with_the_manifest_are_refused(shard_di
 
 def test_token_id_outside_the_vocabulary_is_caught_when_its_batch_is_read(shard_dir, tmp_path):
     d = _copy(shard_dir, tmp_path)
-    vocab_size = read_manifest(d).vocab_size
-    table = _read(read_manifest(d).shard_paths[1])
+    manifest = read_manifest(d)
+    vocab_size = manifest.vocab_size
+    rows_per_shard = [s["rows"] for s in manifest.raw["shards"]]
+    k = [i for i, n in enumerate(rows_per_shard) if n > 3][1]  # the second shard with a row 3 (some are empty)
+    table = _read(manifest.shard_paths[k])
     rows = table.to_pylist()
     rows[3]["input_ids"][5] = vocab_size  # one past the last id: an embedding lookup would fail or read garbage
-    path = _rewrite(d, 1, pa.Table.from_pylist(rows, schema=table.schema))
+    path = _rewrite(d, k, pa.Table.from_pylist(rows, schema=table.schema))
     shards = ShardSet(d)  # structure, rows and tokens all agree with the manifest
-    first_of_shard_1 = read_manifest(d).raw["shards"][0]["rows"]
-    shards.ids(0)  # shard 0 is fine
+    first_of_shard_k = sum(rows_per_shard[:k])
+    shards.ids(0)  # the shards before it are fine
     with pytest.raises(ShardError, match=rf"{path}: row 3 holds token id {vocab_size}, outside the vocabulary"):
-        shards.ids(first_of_shard_1 + 3)
+        shards.ids(first_of_shard_k + 3)
 
 
 def test_inspect_hashes_before_decoding_and_reports_every_mismatch(shard_dir, tmp_path, capsys):
     d = _copy(shard_dir, tmp_path)
-    first, second = read_manifest(d).shard_paths
+    manifest = read_manifest(d)
+    first, second = [p for p, s in zip(manifest.shard_paths, manifest.raw["shards"], strict=True) if s["rows"]][:2]
     row = _read(first).num_rows // 2
     ids = np.asarray(_read(first).column("input_ids")[row].as_py(), np.int32).tobytes()
     _flip(first, first.read_bytes().find(ids), 100)  # 100 bytes of that row's token ids: negative ids now
