@@ -8,11 +8,10 @@ Related: `python -m finetune.split FILE --out DIR`, `python -m finetune.evaluate
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from finetune.data import SquadError
+from contract.cli import run_main
 from finetune.decode import DecodeConfig
 from finetune.features import FeatureConfig
 
@@ -76,16 +75,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """main() with bad input as one `error: ...` line and exit status 2 (--debug-free; set FINETUNE_DEBUG=1 for the traceback)."""
-    try:
-        return main(argv)
-    except (SquadError, ValueError, FileNotFoundError) as e:
-        if os.environ.get("FINETUNE_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_main(main))

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.cli import run_main
 from finetune.data import SquadError, SquadSet, load_squad, read_json
 
 _PUNCT = frozenset(string.punctuation)
@@ -192,4 +193,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

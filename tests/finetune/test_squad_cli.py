@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from squad_fixtures import V1, V2
 
-from finetune.__main__ import cli
+from contract.cli import run_main
+from finetune.__main__ import main
 from finetune.evaluate_squad import evaluate_files
 from finetune.split import main as split_main
 
@@ -45,7 +46,7 @@ def test_split_by_article_is_deterministic_and_order_free(tmp_path):
 
 
 def _finetune(out: Path, model: Path, train: Path, dev: Path, *extra: str) -> int:
-    return cli(["squad", "--model", str(model), "--train", str(train), "--dev", str(dev), "--out", str(out), *SMALL, *extra])
+    return run_main(main, ["squad", "--model", str(model), "--train", str(train), "--dev", str(dev), "--out", str(out), *SMALL, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_hf_dir, one_article
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                     "-m", "finetune", *args, "--out", str(tmp_path / "ddp")], check=True, env=env, cwd=REPO, timeout=300,
                    capture_output=True)
-    assert cli([*args, "--out", str(tmp_path / "one")]) == 0
+    assert run_main(main, [*args, "--out", str(tmp_path / "one")]) == 0
     ddp, one = ([json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("ddp", "one"))
     assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in one], abs=1e-5)
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
