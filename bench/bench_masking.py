@@ -146,7 +146,10 @@ def hf_rates(blocks: list[TextBlock], seconds: float) -> tuple[float, float]:
     from transformers import BertTokenizerFast, DataCollatorForLanguageModeling
 
     torch.set_num_threads(1)
-    hf_tok = BertTokenizerFast(vocab_file=str(VOCAB), do_lower_case=False)
+    # vocab=, not vocab_file=: transformers 5 ignores vocab_file and builds a 5-token vocabulary, which made
+    # the collators' special-token and random-token work trivially cheap (the old HF rows were too fast).
+    hf_tok = BertTokenizerFast(vocab=str(VOCAB), do_lower_case=False)
+    assert len(hf_tok) == 28_996, len(hf_tok)
     feats = []
     for b in blocks:
         ids = [hf_tok.cls_token_id, *b.input_ids.tolist(), hf_tok.sep_token_id]
