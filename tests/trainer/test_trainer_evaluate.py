@@ -152,6 +152,7 @@ def test_train_step_gradient_is_that_of_the_mean_losses(shard_dir):
     """Training loss = mean MLM CE + mean SBO CE over the global targets: the gradient train_step leaves
     equals the autograd gradient of that loss computed independently, however the batch is split."""
     cfg = _config(SINGLE_SBO, dropout=0.0, attention_dropout=0.0)
+    cfg.data.sbo_edge_spans = False  # edge spans get MLM only: fewer SBO than MLM targets, so mixing them up shows
     stream = _stream(shard_dir, cfg, seed=3)
     rows = stream.train_rows[:6]
     model = _model(cfg, stream).train()
@@ -167,6 +168,7 @@ def test_train_step_gradient_is_that_of_the_mean_losses(shard_dir):
         torch.testing.assert_close(g, model.get_parameter(n).grad, rtol=1e-4, atol=1e-7, msg=n)
     # The returned sums are summed (not averaged) losses and correct counts; the counts are the target numbers.
     assert counts[:2].tolist() == [ref["mlm_targets"], ref["sbo_targets"]] and counts[2] == 0
+    assert ref["sbo_targets"] < ref["mlm_targets"]
     assert sums[0].item() == pytest.approx(ref["mlm_loss"].item() * ref["mlm_targets"], rel=1e-5)
     assert sums[2].item() == pytest.approx(ref["sbo_loss"].item() * ref["sbo_targets"], rel=1e-5)
     assert sums[1].item() == ref["mlm_correct"] and sums[3].item() == ref["sbo_correct"]
