@@ -195,3 +195,16 @@ def model_ref_loss(model: SpanBert, stream: BlockStream, rows: np.ndarray) -> di
         out[f"{name}_targets"] = float(len(y))
         out[f"{name}_correct"] = float((x.argmax(-1) == y).sum())
     return out
+
+
+@pytest.mark.parametrize("objectives", [SINGLE_SBO, PAIR_NSP, {"model": {"use_sbo": False}, "data": {"mode": "single"}}],
+                         ids=["1seq-sbo", "2seq-nsp", "1seq"])
+def test_global_counts_are_the_target_counts(shard_dir, objectives):
+    """[N_mlm, N_sbo, N_nsp, flag] over micro-batches: labels that are not IGNORE, pairs; 0 for an absent head."""
+    cfg = _config(objectives)
+    stream = _stream(shard_dir, cfg, seed=3)
+    micro = [stream.collate(0, stream.train_rows[:3]), stream.collate(0, stream.train_rows[3:5])]
+    want = [sum(int((b[f"{o}_labels"] != IGNORE).sum()) if f"{o}_labels" in b else 0 for b in micro)
+            for o in ("mlm", "sbo", "nsp")]
+    assert global_counts(micro, 1, CPU, flag=2.0).tolist() == [*want, 2.0]
+    assert want[0] > 0 and (want[1] > 0) == cfg.model.use_sbo and want[2] == (5 if cfg.data.mode == "pair" else 0)
