@@ -207,4 +207,5 @@ def test_global_counts_are_the_target_counts(shard_dir, objectives):
     want = [sum(int((b[f"{o}_labels"] != IGNORE).sum()) if f"{o}_labels" in b else 0 for b in micro)
             for o in ("mlm", "sbo", "nsp")]
     assert global_counts(micro, 1, CPU, flag=2.0).tolist() == [*want, 2.0]
+    assert global_counts(micro, 1, CPU).tolist() == [*want, 0.0]  # no stop flag unless one is raised
     assert want[0] > 0 and (want[1] > 0) == cfg.model.use_sbo and want[2] == (5 if cfg.data.mode == "pair" else 0)
