@@ -115,3 +115,10 @@ def test_single_word_sampler_equals_the_sequential_loop(batch):
     sample_spans(layout, sel, np.ones(1), keys)
     np.testing.assert_array_equal(sel.span_id, np.concatenate([s for s, _ in expected]))
     np.testing.assert_array_equal(sel.remaining, [r for _, r in expected])
+
+
+def test_an_empty_length_record_is_an_empty_int_array():
+    """`masking.stats` on a scheme that samples no geometric spans reads an empty record."""
+    rec = SampledLengths.new()
+    for lengths in (rec.all_sampled(), rec.all_realised()):
+        assert lengths.shape == (0,) and lengths.dtype == np.int64
