@@ -208,4 +208,32 @@ def test_global_counts_are_the_target_counts(shard_dir, objectives):
             for o in ("mlm", "sbo", "nsp")]
     assert global_counts(micro, 1, CPU, flag=2.0).tolist() == [*want, 2.0]
     assert global_counts(micro, 1, CPU).tolist() == [*want, 0.0]  # no stop flag unless one is raised
+    assert global_counts(micro, 1, CPU).dtype == torch.float64  # exact counts past 2**24 targets
     assert want[0] > 0 and (want[1] > 0) == cfg.model.use_sbo and want[2] == (5 if cfg.data.mode == "pair" else 0)
+
+
+class _Linear(torch.nn.Module):
+    """A stand-in model whose summed losses are w * constant: d loss / d w is then known by hand."""
+
+    def __init__(self, losses: dict[str, float]):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.losses = losses
+
+    def forward(self, batch):
+        out = {}
+        for name, value in self.losses.items():
+            out[f"{name}_loss"] = self.w * value * batch["scale"]
+            out[f"{name}_correct"] = torch.tensor(1.0)
+        return out
+
+
+def test_train_step_divides_each_summed_loss_by_its_global_count():
+    """Hand-worked: two micro-batches (scale 1 and 3), summed losses mlm 2w·s, nsp 5w·s, global counts
+    N_mlm = 4, N_nsp = 1 (a count of one must not be rounded up), world 2 (DDP averages, so x2)."""
+    model = _Linear({"mlm": 2.0, "nsp": 5.0})
+    counts = torch.tensor([4.0, 0.0, 1.0], dtype=torch.float64)
+    micro = [{"scale": torch.tensor(1.0)}, {"scale": torch.tensor(3.0)}]
+    sums = train_step(model, micro, counts, 2, contextlib.nullcontext())
+    assert model.w.grad.item() == pytest.approx(2 * (2 * 4 / 4 + 5 * 4 / 1))
+    assert sums.dtype == torch.float64 and sums.tolist() == [8.0, 2.0, 0.0, 0.0, 20.0, 2.0]
