@@ -47,16 +47,13 @@ ablate: install
 	test -f $(SHARDS)/manifest.json || $(MAKE) preprocess
 	$(PY) -m trainer.ablate --data $(SHARDS) $(ABLATE_ARGS)
 
-# Mutation testing of the core against the fast tests (docs/testing.md); hours on 2 cores, not for CI.
-# MUTANTS: mutmut mutant-name globs (module.x_function__mutmut_N); the default is every named module.
-MUTANTS ?= pipeline.blocks.* pipeline.align.* trainer.evaluate.x_evaluate__* trainer.evaluate.x_evaluate_checkpoint__* \
-	trainer.train.x_target_counts__* trainer.train.x_global_counts__* trainer.train.x_train_step__* masking.*
+# Mutation testing of the core against the fast tests that cover each module (docs/testing.md);
+# hours on 2 cores, not for CI. MUTATE_GROUPS: some of pipeline trainer masking masking-given masking-stats.
+MUTATE_GROUPS ?=
 MUTATE_JOBS ?= 1
 mutate: install
 	test -x $(VENV)/bin/mutmut || $(PY) -m pip install --quiet -c constraints.txt -e '.[mutate]'
-	rm -rf mutants
-	OMP_NUM_THREADS=1 nice -n 19 $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(foreach m,$(MUTANTS),'$(m)')
-	$(PY) tests/mutation_report.py $(foreach m,$(MUTANTS),'$(m)')
+	$(PY) tests/mutate.py run $(MUTATE_GROUPS) --jobs $(MUTATE_JOBS)
 
 lint: install
 	$(PY) -m ruff check masking pipeline trainer demo tests bench
