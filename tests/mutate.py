@@ -42,7 +42,7 @@ class Group:
 
 GROUPS = (
     Group("pipeline", ("pipeline/blocks.py", "pipeline/align.py"), ("pipeline.blocks.*", "pipeline.align.*"),
-          ("tests/test_foundation.py", "tests/pipeline/test_units.py")),
+          ("tests/test_foundation.py", "tests/pipeline/test_units.py", "tests/pipeline/test_align_and_blocks.py")),
     Group("trainer", ("trainer/evaluate.py", "trainer/train.py"),
           ("trainer.evaluate.x_evaluate__*", "trainer.evaluate.x_evaluate_checkpoint__*",  # not main: the CLI
            "trainer.train.x_target_counts__*", "trainer.train.x_global_counts__*", "trainer.train.x_train_step__*"),
