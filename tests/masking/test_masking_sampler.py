@@ -122,3 +122,24 @@ def test_an_empty_length_record_is_an_empty_int_array():
     rec = SampledLengths.new()
     for lengths in (rec.all_sampled(), rec.all_realised()):
         assert lengths.shape == (0,) and lengths.dtype == np.int64
+
+
+def test_short_blocks_alone_equal_the_sequential_loop(real_blocks, tokenizer, specials):
+    """A batch of one short block (budget 2-3): its last word is often masked, and few rounds are allowed."""
+    special = np.zeros(tokenizer.get_vocab_size(), bool)
+    special[list(specials.all)] = True
+    cdf = pmf_to_cdf(span_length_pmf(0.2, 10))
+    last_word_masked = 0
+    for i, b in enumerate(real_blocks[:60]):
+        layout = build_layout([b.input_ids[:16]], [b.word_start[:16]], special, 0.15)
+        keys = rng.block_keys(9, 0, np.array([i]))
+        for ell_cdf, loop in ((cdf, sequential_spans), (np.ones(1), sequential_words)):
+            sel = Selection.empty(layout)
+            sample_spans(layout, sel, ell_cdf, keys)
+            args = (*block_words(layout, 0), int(layout.budget[0]))
+            skey = rng.stream_keys(keys, rng.SPAN)[0]
+            span, remaining = loop(*args, ell_cdf.tolist(), skey) if loop is sequential_spans else loop(*args, skey)
+            np.testing.assert_array_equal(sel.span_id, span)
+            assert sel.remaining[0] == remaining
+            last_word_masked += span[-1] >= 0
+    assert last_word_masked > 5
