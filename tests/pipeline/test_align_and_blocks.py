@@ -45,6 +45,8 @@ def test_blocks_hand_worked():
     assert cut_blocks(np.ones(5, bool), np.array([1, 0, 0, 0, 1], bool), 4) == [(0, 4), (4, 5)]
     assert cut_blocks(np.ones(5, bool), np.array([1, 0, 1, 0, 0], bool), 4) == [(0, 2), (2, 5)]
     assert cut_blocks(np.array([1, 0, 0, 0, 0, 1], bool), None, 3) == [(0, 3), (3, 6)]  # a word > a block: cut inside
+    # Tiny blocks: half of 3 pieces rounds down to 1, so a one-piece sentence closes a block.
+    assert cut_blocks(np.ones(4, bool), np.array([1, 1, 0, 0], bool), 3) == [(0, 1), (1, 4)]
     assert cut_blocks(np.zeros(0, bool), None, 4) == []
     with pytest.raises(ValueError, match="max_pieces"):
         cut_blocks(ws, None, 0)
