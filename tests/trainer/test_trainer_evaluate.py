@@ -237,3 +237,18 @@ def test_train_step_divides_each_summed_loss_by_its_global_count():
     sums = train_step(model, micro, counts, 2, contextlib.nullcontext())
     assert model.w.grad.item() == pytest.approx(2 * (2 * 4 / 4 + 5 * 4 / 1))
     assert sums.dtype == torch.float64 and sums.tolist() == [8.0, 2.0, 0.0, 0.0, 20.0, 2.0]
+
+
+def test_checkpoint_of_a_pair_run_is_scored_as_pairs_and_checked_against_the_shards(shard_dir, tmp_path):
+    cfg = _config(PAIR_NSP)
+    stream = _stream(shard_dir, cfg)
+    model = _model(cfg, stream)
+    state = {"model": model.state_dict(), "config": cfg.to_dict(), "vocab_sha256": stream.vocab.sha256}
+    checkpoint.save(tmp_path / "pair", 3, state, keep_last=1)
+    got = evaluate_checkpoint(tmp_path / "pair", shard_dir, max_blocks=10)
+    assert got["mode"] == "pair" and got["blocks"] == 10
+    assert_matches(got, reference(model, stream, stream.heldout_rows[:10]))
+    # A checkpoint trained on another vocabulary is refused, not scored.
+    checkpoint.save(tmp_path / "other", 3, {**state, "vocab_sha256": "0" * 64}, keep_last=1)
+    with pytest.raises(ValueError, match="0000"):
+        evaluate_checkpoint(tmp_path / "other", shard_dir)
