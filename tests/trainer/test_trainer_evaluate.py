@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -248,6 +249,12 @@ def test_checkpoint_of_a_pair_run_is_scored_as_pairs_and_checked_against_the_sha
     got = evaluate_checkpoint(tmp_path / "pair", shard_dir, max_blocks=10)
     assert got["mode"] == "pair" and got["blocks"] == 10
     assert_matches(got, reference(model, stream, stream.heldout_rows[:10]))
+    # --single-sequence / --scheme: the same model scored on single sequences with other masks (no NSP).
+    other = BlockStream(shard_dir, replace(cfg.data, mode="single", scheme="whole_word"), max_len=cfg.model.max_position,
+                        max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, sbo=cfg.model.use_sbo)
+    got = evaluate_checkpoint(tmp_path / "pair", shard_dir, scheme="whole_word", single_sequence=True, max_blocks=10)
+    assert got["mode"] == "single" and got["scheme"] == "whole_word"
+    assert_matches(got, reference(model, other, stream.heldout_rows[:10]))
     # A checkpoint trained on another vocabulary is refused, not scored.
     checkpoint.save(tmp_path / "other", 3, {**state, "vocab_sha256": "0" * 64}, keep_last=1)
     with pytest.raises(ValueError, match="0000"):
