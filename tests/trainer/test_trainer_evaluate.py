@@ -259,3 +259,21 @@ def test_checkpoint_of_a_pair_run_is_scored_as_pairs_and_checked_against_the_sha
     checkpoint.save(tmp_path / "other", 3, {**state, "vocab_sha256": "0" * 64}, keep_last=1)
     with pytest.raises(ValueError, match="0000"):
         evaluate_checkpoint(tmp_path / "other", shard_dir)
+
+
+def test_checkpoint_rows_all_or_another_holdout_and_the_empty_holdout_error(shard_dir, tmp_path):
+    cfg = _config(SINGLE_SBO)
+    stream = _stream(shard_dir, cfg)
+    model = _model(cfg, stream)
+    checkpoint.save(tmp_path / "run", 1, {"model": model.state_dict(), "config": cfg.to_dict(),
+                                          "vocab_sha256": stream.vocab.sha256}, keep_last=1)
+    got = evaluate_checkpoint(tmp_path / "run", shard_dir, split="all", max_blocks=5)
+    assert got["blocks"] == 5 and got["split"] == "all"
+    assert_matches(got, reference(model, stream, np.arange(5)))  # every row, from the first
+    half = BlockStream(shard_dir, replace(cfg.data, holdout_fraction=0.5), max_len=cfg.model.max_position,
+                       max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, sbo=True)
+    assert len(half.heldout_rows) != len(stream.heldout_rows)
+    got = evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.5)
+    assert got["blocks"] == len(half.heldout_rows)
+    with pytest.raises(ValueError, match="held out no documents"):
+        evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.0)
