@@ -143,3 +143,24 @@ def test_short_blocks_alone_equal_the_sequential_loop(real_blocks, tokenizer, sp
             assert sel.remaining[0] == remaining
             last_word_masked += span[-1] >= 0
     assert last_word_masked > 5
+
+
+def test_nearly_all_masked_tiny_blocks_equal_the_sequential_loop(real_blocks, tokenizer, specials):
+    """mask_ratio 0.9 on 6-piece blocks: the last free words decide when a block is done."""
+    special = np.zeros(tokenizer.get_vocab_size(), bool)
+    special[list(specials.all)] = True
+    cdf = pmf_to_cdf(span_length_pmf(0.2, 10))
+    blocks = real_blocks[:80]
+    layout = build_layout([b.input_ids[:6] for b in blocks], [b.word_start[:6] for b in blocks], special, 0.9)
+    keys = rng.block_keys(2, 3, np.arange(len(blocks)))
+    skeys = rng.stream_keys(keys, rng.SPAN)
+    for ell_cdf in (cdf, np.ones(1)):
+        sel = Selection.empty(layout)
+        sample_spans(layout, sel, ell_cdf, keys)
+        for b in range(len(blocks)):
+            args = (*block_words(layout, b), int(layout.budget[b]))
+            span, remaining = (sequential_spans(*args, ell_cdf.tolist(), skeys[b]) if len(ell_cdf) > 1
+                               else sequential_words(*args, skeys[b]))
+            lo, hi = layout.block_words[b], layout.block_words[b + 1]
+            np.testing.assert_array_equal(sel.span_id[lo:hi], span)
+            assert sel.remaining[b] == remaining
