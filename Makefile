@@ -17,7 +17,7 @@ SQUAD_RUN ?= $(RUN)
 SQUAD_OUT ?= squad-out
 SQUAD_ARGS ?=
 
-.PHONY: install test bench preprocess train demo ablate squad lint clean gpu-shards
+.PHONY: install test bench preprocess train demo ablate squad lint clean gpu-shards mutate
 
 install: $(VENV)/.installed
 
@@ -72,6 +72,14 @@ squad: install
 	  $(PY) -m finetune squad --model $(SQUAD_RUN) --train $(SQUAD_OUT)/split-$$v/train.json \
 	    --dev $(SQUAD_OUT)/split-$$v/heldout.json --out $(SQUAD_OUT)/$$v $(SQUAD_ARGS) || exit 1; \
 	done
+
+# Mutation testing of the core against the fast tests that cover each module (docs/testing.md);
+# hours on 2 cores, not for CI. MUTATE_GROUPS: some of pipeline trainer masking masking-given masking-stats.
+MUTATE_GROUPS ?=
+MUTATE_JOBS ?= 1
+mutate: install
+	test -x $(VENV)/bin/mutmut || $(PY) -m pip install --quiet -c constraints.txt -e '.[mutate]'
+	$(PY) tests/mutate.py run $(MUTATE_GROUPS) --jobs $(MUTATE_JOBS)
 
 lint: install
 	$(PY) -m ruff check masking pipeline trainer finetune demo tests bench

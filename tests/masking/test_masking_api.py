@@ -116,7 +116,30 @@ def _stats(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_stats_cli_json_and_plot(tmp_path):
+def _realised_merged_spans(tokenizer, specials, path, n_blocks: int, seed: int):
+    """Words and pieces of each merged masked span of the blocks `masking.stats --text PATH` masks."""
+    from masking.corpus import text_blocks
+    from tests.masking.invariants import words_of
+    from tests.masking.test_masking_realised import runs
+
+    blocks, _ = text_blocks(tokenizer, [path], max_blocks=n_blocks)
+    masker = Masker(MaskingConfig(scheme="geometric", seed=seed), vocab_size=tokenizer.get_vocab_size(),
+                    mask_id=specials.mask, special_ids=specials.all)
+    special = np.zeros(tokenizer.get_vocab_size(), bool)
+    special[list(specials.all)] = True
+    tbs = [blocks[i % len(blocks)] for i in range(n_blocks)]
+    out = masker.mask_batch([t.input_ids for t in tbs], [t.word_start for t in tbs], epoch=0,
+                            block_indices=np.arange(n_blocks))
+    words, pieces = [], []
+    for t, mb in zip(tbs, out, strict=True):
+        starts = words_of(t.input_ids, t.word_start, special)
+        for s, e in runs(np.isin(np.arange(len(t.input_ids)), mb.mlm_positions)):
+            words.append(int(starts[s:e].sum()))
+            pieces.append(e - s)
+    return words, pieces, len(words) / n_blocks
+
+
+def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials):
     out = tmp_path / "fig.png"
     res = _stats(
         "--text",
@@ -146,6 +169,15 @@ def test_stats_cli_json_and_plot(tmp_path):
     assert abs(sum(r["replacement"].values()) - 1) < 1e-9
     assert abs(sum(r["sampled_span_length_hist"].values()) - 1) < 1e-9
     assert max(int(k) for k in r["sampled_span_length_hist"]) <= 10
+    # The realised span lengths it reports are those of the masks: merged runs of masked positions,
+    # counted in words with the blocks' own word starts, recomputed here from mask_batch's output.
+    words, pieces, per_block = _realised_merged_spans(tokenizer, specials, GUTENBERG / "blake-poems.txt", 60, seed=3)
+    assert r["spans_per_block"] == pytest.approx(per_block, rel=1e-12)
+    assert r["mean_span_words"] == pytest.approx(np.mean(words), rel=1e-12)
+    assert r["mean_span_pieces"] == pytest.approx(np.mean(pieces), rel=1e-12)
+    hist = np.bincount(words) / len(words)
+    assert r["span_length_words_hist"] == pytest.approx({str(k): v for k, v in enumerate(hist) if v})
+    assert 3.3 < r["mean_span_words"] < 4.5  # geometric spans (P(ℓ) mean 3.8), not single words
     assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
     table = _stats("--text", str(GUTENBERG / "blake-poems.txt"), "--blocks", "10").stdout
     assert "masked fraction" in table
@@ -215,15 +247,6 @@ def test_stats_cli_reads_spans_from_shards(tmp_path, real_blocks, annotated_bloc
     r = json.loads(res.stdout)
     assert r["distinct_blocks"] == len(rows) and abs(r["masked_fraction"] - 0.15) < 0.01
     assert 0.3 < r["given_span_fraction"] < 0.6
-
-
-def test_per_block_api_is_a_batch_of_one(wiki_blocks, make_masker):
-    masker: Masker = make_masker()
-    t = wiki_blocks[0]
-    flat = masker.mask_flat([t.input_ids], [t.word_start], epoch=1, block_indices=[9])
-    one = masker.mask_block(t.input_ids, t.word_start, epoch=1, block_index=9)
-    np.testing.assert_array_equal(flat.blocks()[0].mlm_positions, one.mlm_positions)
-    assert len(flat) == 1 and flat.offsets.tolist() == [0, len(t.input_ids)]
 
 
 def test_masker_pickles_for_dataloader_workers(wiki_blocks, make_masker):

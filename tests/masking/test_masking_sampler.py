@@ -1,32 +1,166 @@
-"""The span sampler's batching tricks never change what the plain sequential loop gives."""
+"""The vectorised span sampler equals a plain sequential loop, one span after another, per block.
+
+`sequential_spans` / `sequential_words` below are the loop docs/masking.md describes, written in plain
+Python over one block at a time. They draw their random numbers from the same counter-based stream
+(`masking.rng`, keyed by block, span number and slot) as the sampler does, so the two must agree
+exactly — whatever the batch and however many spans the sampler evaluates per round.
+"""
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 import numpy as np
 import pytest
 
 from masking import rng
 from masking.layout import build_layout
-from masking.sampler import SampledLengths, Selection, pmf_to_cdf, sample_spans, span_length_pmf
+from masking.sampler import ANCHOR_TRIES, SampledLengths, Selection, pmf_to_cdf, sample_spans, span_length_pmf
+
+
+def _uniform(skey: np.uint64, counter: int) -> float:
+    return float(rng.uniform(np.asarray([skey]), np.asarray([counter]))[0])
+
+
+def block_words(layout, b: int) -> tuple[list[int], list[bool]]:
+    """Block b's words: piece counts and maskability (global word numbers block_words[b]..)."""
+    lo, hi = int(layout.block_words[b]), int(layout.block_words[b + 1])
+    return layout.word_len[lo:hi].tolist(), layout.word_maskable[lo:hi].tolist()
+
+
+def sequential_spans(word_len: list[int], maskable: list[bool], budget: int, cdf: list[float],
+                     skey: np.uint64) -> tuple[list[int], int]:
+    """Geometric spans: per span t, draws t*(ANCHOR_TRIES+1) + 0..ANCHOR_TRIES-1 pick the start among the
+    maskable words (the first unmasked one wins; none: the span is void), the last draw gives ℓ."""
+    candidates = [w for w, m in enumerate(maskable) if m]
+    span = [-1] * len(word_len)
+    remaining, free, t = budget, len(candidates), 0
+    while remaining > 0 and free > 0:
+        u = [_uniform(skey, t * (ANCHOR_TRIES + 1) + k) for k in range(ANCHOR_TRIES + 1)]
+        tries = [candidates[int(x * len(candidates))] for x in u[:ANCHOR_TRIES]]
+        fresh = [w for w in tries if span[w] < 0]
+        ell = bisect_right(cdf, u[ANCHOR_TRIES]) + 1
+        if fresh:
+            start, spent, new = fresh[0], 0, []
+            for w in range(start, min(start + ell, len(word_len))):
+                if not maskable[w]:
+                    break
+                cost = 0 if span[w] >= 0 else word_len[w]
+                if spent + cost > remaining:
+                    break
+                spent += cost
+                if span[w] < 0:
+                    new.append(w)
+            if not new:
+                break  # not even the start word fits
+            for w in new:
+                span[w] = t
+            remaining -= spent
+            free -= len(new)
+        t += 1
+    return span, remaining
+
+
+def sequential_words(word_len: list[int], maskable: list[bool], budget: int,
+                     skey: np.uint64) -> tuple[list[int], int]:
+    """ℓ = 1: draw i picks a maskable word; a masked one is a redraw; one that does not fit ends the block."""
+    candidates = [w for w, m in enumerate(maskable) if m]
+    span = [-1] * len(word_len)
+    remaining, free, i = budget, len(candidates), 0
+    while remaining > 0 and free > 0:
+        w = candidates[int(_uniform(skey, i) * len(candidates))]
+        if span[w] < 0:
+            if word_len[w] > remaining:
+                break
+            span[w] = i
+            remaining -= word_len[w]
+            free -= 1
+        i += 1
+    return span, remaining
+
+
+@pytest.fixture(scope="module")
+def batch(real_blocks, tokenizer, specials):
+    special = np.zeros(tokenizer.get_vocab_size(), bool)
+    special[list(specials.all)] = True
+    blocks = real_blocks[:120]
+    layout = build_layout([b.input_ids for b in blocks], [b.word_start for b in blocks], special, 0.15)
+    keys = rng.block_keys(5, 1, np.arange(len(blocks)))
+    return layout, keys
 
 
 @pytest.mark.parametrize("p, max_words", [(0.2, 10), (0.05, 30)])
-def test_several_spans_per_round_equal_one_span_per_round(real_blocks, tokenizer, specials, p, max_words):
-    special = np.zeros(tokenizer.get_vocab_size(), bool)
-    special[list(specials.all)] = True
-    blocks = real_blocks[:200]
-    layout = build_layout([b.input_ids for b in blocks], [b.word_start for b in blocks], special, 0.15)
-    keys = rng.block_keys(5, 1, np.arange(len(blocks)))
+def test_sampler_equals_the_sequential_loop(batch, p, max_words):
+    layout, keys = batch
     cdf = pmf_to_cdf(span_length_pmf(p, max_words))
-    results = []
+    skeys = rng.stream_keys(keys, rng.SPAN)
+    expected = [sequential_spans(*block_words(layout, b), int(layout.budget[b]), cdf.tolist(), skeys[b])
+                for b in range(layout.n_blocks)]
+    want_span = np.concatenate([s for s, _ in expected])
+    assert (want_span >= 0).sum() > 10 * layout.n_blocks  # real work: ~17 spans of ~3.6 words per block
     for per_round in (1, 3, 6, 16):
         sel, rec = Selection.empty(layout), SampledLengths.new()
         sample_spans(layout, sel, cdf, keys, rec, spans_per_round=per_round)
-        results.append((sel, np.sort(rec.all_sampled())))
-    one, _ = results[0]
-    assert one.masked.any()
-    for sel, lengths in results[1:]:
-        np.testing.assert_array_equal(sel.masked, one.masked)
-        np.testing.assert_array_equal(sel.span_id, one.span_id)
-        np.testing.assert_array_equal(sel.remaining, one.remaining)
-        np.testing.assert_array_equal(lengths, results[0][1])
+        np.testing.assert_array_equal(sel.masked, want_span >= 0, err_msg=f"{per_round} spans per round")
+        np.testing.assert_array_equal(sel.span_id, want_span, err_msg=f"{per_round} spans per round")
+        np.testing.assert_array_equal(sel.remaining, [r for _, r in expected])
+
+
+def test_single_word_sampler_equals_the_sequential_loop(batch):
+    layout, keys = batch
+    skeys = rng.stream_keys(keys, rng.SPAN)
+    expected = [sequential_words(*block_words(layout, b), int(layout.budget[b]), skeys[b])
+                for b in range(layout.n_blocks)]
+    sel = Selection.empty(layout)
+    sample_spans(layout, sel, np.ones(1), keys)
+    np.testing.assert_array_equal(sel.span_id, np.concatenate([s for s, _ in expected]))
+    np.testing.assert_array_equal(sel.remaining, [r for _, r in expected])
+
+
+def test_an_empty_length_record_is_an_empty_int_array():
+    """`masking.stats` on a scheme that samples no geometric spans reads an empty record."""
+    rec = SampledLengths.new()
+    for lengths in (rec.all_sampled(), rec.all_realised()):
+        assert lengths.shape == (0,) and lengths.dtype == np.int64
+
+
+def test_short_blocks_alone_equal_the_sequential_loop(real_blocks, tokenizer, specials):
+    """A batch of one short block (budget 2-3): its last word is often masked, and few rounds are allowed."""
+    special = np.zeros(tokenizer.get_vocab_size(), bool)
+    special[list(specials.all)] = True
+    cdf = pmf_to_cdf(span_length_pmf(0.2, 10))
+    last_word_masked = 0
+    for i, b in enumerate(real_blocks[:60]):
+        layout = build_layout([b.input_ids[:16]], [b.word_start[:16]], special, 0.15)
+        keys = rng.block_keys(9, 0, np.array([i]))
+        for ell_cdf, loop in ((cdf, sequential_spans), (np.ones(1), sequential_words)):
+            sel = Selection.empty(layout)
+            sample_spans(layout, sel, ell_cdf, keys)
+            args = (*block_words(layout, 0), int(layout.budget[0]))
+            skey = rng.stream_keys(keys, rng.SPAN)[0]
+            span, remaining = loop(*args, ell_cdf.tolist(), skey) if loop is sequential_spans else loop(*args, skey)
+            np.testing.assert_array_equal(sel.span_id, span)
+            assert sel.remaining[0] == remaining
+            last_word_masked += span[-1] >= 0
+    assert last_word_masked > 5
+
+
+def test_nearly_all_masked_tiny_blocks_equal_the_sequential_loop(real_blocks, tokenizer, specials):
+    """mask_ratio 0.9 on 6-piece blocks: the last free words decide when a block is done."""
+    special = np.zeros(tokenizer.get_vocab_size(), bool)
+    special[list(specials.all)] = True
+    cdf = pmf_to_cdf(span_length_pmf(0.2, 10))
+    blocks = real_blocks[:80]
+    layout = build_layout([b.input_ids[:6] for b in blocks], [b.word_start[:6] for b in blocks], special, 0.9)
+    keys = rng.block_keys(2, 3, np.arange(len(blocks)))
+    skeys = rng.stream_keys(keys, rng.SPAN)
+    for ell_cdf in (cdf, np.ones(1)):
+        sel = Selection.empty(layout)
+        sample_spans(layout, sel, ell_cdf, keys)
+        for b in range(len(blocks)):
+            args = (*block_words(layout, b), int(layout.budget[b]))
+            span, remaining = (sequential_spans(*args, ell_cdf.tolist(), skeys[b]) if len(ell_cdf) > 1
+                               else sequential_words(*args, skeys[b]))
+            lo, hi = layout.block_words[b], layout.block_words[b + 1]
+            np.testing.assert_array_equal(sel.span_id[lo:hi], span)
+            assert sel.remaining[b] == remaining

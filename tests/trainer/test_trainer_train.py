@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -64,21 +66,51 @@ def test_too_many_nonfinite_steps_in_a_row_stop_the_run(shard_dir, tmp_path, mon
     assert max(losses(tmp_path / "run")) == 5
 
 
-def test_bi_sequence_nsp_baseline_and_token_budget_batches_train(shard_dir, tmp_path):
-    cfg = tiny_config(model={"use_sbo": False, "use_nsp": True}, data={"mode": "pair", "scheme": "subword", "batch_tokens": 256},
+def test_bi_sequence_nsp_baseline_and_token_budget_batches_train(shard_dir, tmp_path, monkeypatch):
+    import trainer.train as train_mod
+
+    shapes = []  # every micro-batch the loop trains on: (sequences, padded width)
+    step = train_mod.train_step
+
+    def recording(model, micro_batches, *args):
+        shapes.extend(tuple(b["input_ids"].shape) for b in micro_batches)
+        return step(model, micro_batches, *args)
+
+    monkeypatch.setattr(train_mod, "train_step", recording)
+    cfg = tiny_config(model={"use_sbo": False, "use_nsp": True}, data={"mode": "pair", "scheme": "subword", "batch_tokens": 192},
                       train={"max_steps": 4, "ckpt_every": 100})
     run(cfg, shard_dir, tmp_path / "run")
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all("nsp_loss" in r and "sbo_loss" not in r for r in rows)
-    assert 0.0 < rows[-1]["nsp_loss"] < 2.0
+    # Step 1 is scored before any update: a freshly initialised NSP head is at chance, ln 2 per pair.
+    assert rows[0]["nsp_loss"] == pytest.approx(math.log(2), abs=0.03)
+    assert rows[0]["mlm_loss"] == pytest.approx(math.log(cfg.model.vocab_size), abs=0.3)
+    # Token-budget batches: never more than 192 padded tokens (batch_size 4 alone would give 4 x 64).
+    assert len(shapes) == 4 and any(n > 1 for n, _ in shapes)
+    assert all(n * width <= 192 or n == 1 for n, width in shapes), shapes
 
 
-def test_time_budget_saves_and_stops_cleanly(shard_dir, tmp_path):
-    cfg = tiny_config(train={"max_steps": 10_000, "max_minutes": 0.05, "ckpt_every": 10_000})
+def test_time_budget_saves_and_stops_cleanly(shard_dir, tmp_path, monkeypatch):
+    """A fake monotonic clock, one minute per reading: the budget of 2.5 minutes runs out at a known step,
+    whatever the machine's load."""
+    import time
+
+    import trainer.train as train_mod
+
+    readings = []
+
+    def monotonic() -> float:
+        readings.append(60.0 * len(readings))  # 0 at the start (the deadline), then +1 minute per check
+        return readings[-1]
+
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=monotonic, perf_counter=time.perf_counter))
+    cfg = tiny_config(train={"max_steps": 10_000, "max_minutes": 2.5, "ckpt_every": 10_000})
     summary = run(cfg, shard_dir, tmp_path / "run")
-    assert summary["stopped"] and 0 < summary["step"] < 10_000
+    # Checks at 1 and 2 minutes pass, the one at 3 minutes is past the deadline: two steps, then save and stop.
+    assert summary["stopped"] and summary["step"] == 2
     saved = checkpoint.latest_valid(tmp_path / "run")
-    assert saved is not None and saved[1]["step"] == summary["step"]
+    assert saved is not None and saved[1]["step"] == 2
+    assert [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_init_from_a_transformers_directory(shard_dir, tmp_path):

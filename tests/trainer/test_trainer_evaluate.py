@@ -1,0 +1,279 @@
+"""Held-out evaluation and the training loss normalisation against an independent computation.
+
+The reference is computed here from the model's own logits at the fixed masked positions, one row
+at a time (no padding), with `torch.nn.functional.cross_entropy` over all targets at once — not
+from `SpanBert.forward`'s summed losses or the evaluator's running sums.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.trainer.conftest import tiny_config
+from trainer import ablate, checkpoint
+from trainer.config import Config
+from trainer.data import BlockStream
+from trainer.evaluate import EVAL_SEED, evaluate, evaluate_checkpoint
+from trainer.model import IGNORE, SpanBert
+from trainer.train import global_counts, train_step
+
+CPU = torch.device("cpu")
+SINGLE_SBO = {"model": {"use_sbo": True, "use_nsp": False}, "data": {"mode": "single"}}
+PAIR_NSP = {"model": {"use_sbo": False, "use_nsp": True}, "data": {"mode": "pair", "scheme": "subword"}}
+
+
+def _config(objectives: dict, **model) -> Config:
+    return tiny_config(model={**objectives["model"], **model}, data={**objectives["data"], "holdout_fraction": 0.3})
+
+
+def _stream(shard_dir, cfg: Config, seed: int = EVAL_SEED) -> BlockStream:
+    return BlockStream(shard_dir, cfg.data, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets,
+                       seed=seed, sbo=cfg.model.use_sbo)
+
+
+def _model(cfg: Config, stream: BlockStream) -> SpanBert:
+    """A model with informative logits: decoder biases favour frequent tokens (non-zero accuracy), plus noise."""
+    torch.manual_seed(0)
+    model = SpanBert(cfg.model)
+    prior = torch.log1p(torch.as_tensor(stream.shards.manifest.unigram_counts(), dtype=torch.float32))
+    with torch.no_grad():
+        model.cls.predictions.bias.copy_(prior + 0.5 * torch.randn(cfg.model.vocab_size))
+        if model.cls.sbo is not None:
+            model.cls.sbo.bias.copy_(prior + 0.5 * torch.randn(cfg.model.vocab_size))
+    return model.eval()
+
+
+@torch.no_grad()
+def reference(model: SpanBert, stream: BlockStream, rows: np.ndarray) -> dict[str, float]:
+    """Cross-entropy and accuracy per objective over all targets of `rows` at once."""
+    model.eval()
+    decoder = model.bert.embeddings.word_embeddings.weight
+    logits: dict[str, list[torch.Tensor]] = {"mlm": [], "sbo": [], "nsp": []}
+    labels: dict[str, list[torch.Tensor]] = {"mlm": [], "sbo": [], "nsp": []}
+    for r in rows:
+        b = stream.collate(0, np.array([r]))  # one row: no padding at all
+        hidden = model.bert(b["input_ids"], b.get("attention_mask"), b.get("token_type_ids"))[0]
+        keep = b["mlm_labels"][0] != IGNORE
+        logits["mlm"].append(model.mlm_logits(hidden[b["mlm_positions"][0][keep]]))
+        labels["mlm"].append(b["mlm_labels"][0][keep])
+        if "sbo_labels" in b:
+            keep = b["sbo_labels"][0] != IGNORE
+            y = model.cls.sbo(hidden[b["sbo_left"][0][keep]], hidden[b["sbo_right"][0][keep]], b["sbo_rel"][0][keep].clone())
+            logits["sbo"].append(F.linear(y, decoder, model.cls.sbo.bias))
+            labels["sbo"].append(b["sbo_labels"][0][keep])
+        if "nsp_labels" in b:
+            logits["nsp"].append(model.cls.seq_relationship(model.bert.pooler(hidden[None])))
+            labels["nsp"].append(b["nsp_labels"])
+    out = {}
+    for name in logits:
+        if logits[name]:
+            x, y = torch.cat(logits[name]), torch.cat(labels[name])
+            out[f"{name}_loss"] = F.cross_entropy(x, y).item()
+            out[f"{name}_acc"] = (x.argmax(-1) == y).double().mean().item()
+            out[f"{name}_targets"] = len(y)
+    return out
+
+
+def assert_matches(got: dict, want: dict) -> None:
+    assert {k for k in got if k.split("_")[0] in ("mlm", "sbo", "nsp")} == set(want)
+    for key, value in want.items():
+        if key.endswith("_targets"):
+            assert got[key] == value, key
+        else:
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("objectives", [SINGLE_SBO, PAIR_NSP], ids=["1seq-sbo", "2seq-nsp"])
+def test_evaluate_equals_cross_entropy_over_all_targets(shard_dir, objectives):
+    cfg = _config(objectives)
+    stream = _stream(shard_dir, cfg)
+    model = _model(cfg, stream)
+    rows = stream.heldout_rows[:20]
+    want = reference(model, stream, rows)
+    # Batches of uneven size and length (padding, several batches): still one average over targets.
+    got = evaluate(model, stream, rows, batch_size=6, device=CPU)
+    assert_matches(got, want)
+    assert want["mlm_targets"] > 3 * len(rows)  # several targets per block: per-block averaging would differ
+    assert 0.01 < want["mlm_acc"] < 0.9 and abs(want["mlm_loss"] - math.log(cfg.model.vocab_size)) > 0.5
+
+
+@pytest.mark.parametrize("objectives", [SINGLE_SBO, PAIR_NSP], ids=["1seq-sbo", "2seq-nsp"])
+def test_untrained_model_scores_the_uniform_baseline(shard_dir, objectives):
+    """With a near-zero init every logit is ~0: MLM and SBO lose ln(vocab size), NSP ln 2."""
+    cfg = _config(objectives, init_std=1e-4)
+    stream = _stream(shard_dir, cfg)
+    torch.manual_seed(0)
+    got = evaluate(SpanBert(cfg.model), stream, stream.heldout_rows[:12], batch_size=5, device=CPU)
+    assert got["mlm_loss"] == pytest.approx(math.log(28996), abs=2e-3)
+    if cfg.model.use_sbo:
+        assert got["sbo_loss"] == pytest.approx(math.log(28996), abs=2e-3)
+    else:
+        assert got["nsp_loss"] == pytest.approx(math.log(2), abs=2e-3)
+
+
+def test_checkpoint_evaluation_and_the_ablation_table_use_the_same_numbers(shard_dir, tmp_path, monkeypatch):
+    """`trainer.ablate` scores each row through `evaluate_checkpoint`: its table holds the reference values."""
+    row = next(r for r in ablate.ROWS if r.name == "geometric-1seq-sbo")
+    cfg = _config(SINGLE_SBO)
+    stream = _stream(shard_dir, cfg)
+    model = _model(cfg, stream)
+
+    def fake_train(r, args, run_dir):  # a "trained" row: our model as its step-7 checkpoint
+        assert r == row
+        checkpoint.save(run_dir, 7, {"model": model.state_dict(), "config": cfg.to_dict(),
+                                     "vocab_sha256": stream.vocab.sha256}, keep_last=1)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 7, "loss": 20.0, "mlm_loss": 10.0}) + "\n")
+
+    monkeypatch.setattr(ablate, "train_row", fake_train)
+    want = reference(model, stream, stream.heldout_rows)  # the run's held-out rows, the evaluation seed's masks
+
+    fake_train(row, None, tmp_path / "direct")
+    direct = evaluate_checkpoint(tmp_path / "direct", shard_dir)
+    assert direct["step"] == 7 and direct["blocks"] == len(stream.heldout_rows)
+    assert_matches(direct, want)
+
+    ablate.main(["--data", str(shard_dir), "--out", str(tmp_path / "grid"), "--rows", row.name,
+                 "--holdout-fraction", "0.3", "--set", "model.max_position=64"])
+    (result,) = json.loads((tmp_path / "grid" / "results.json").read_text())
+    for prefix in ("own", "geo"):  # geometric single-sequence: the row's own task is the yardstick
+        assert_matches({k.removeprefix(f"{prefix}_"): v for k, v in result.items() if k.startswith(prefix)}, want)
+    table = (tmp_path / "grid" / "results.md").read_text()
+    assert f"{want['mlm_loss']:.4f}" in table and f"{want['sbo_loss']:.4f}" in table
+
+
+def test_train_step_gradient_is_that_of_the_mean_losses(shard_dir):
+    """Training loss = mean MLM CE + mean SBO CE over the global targets: the gradient train_step leaves
+    equals the autograd gradient of that loss computed independently, however the batch is split."""
+    cfg = _config(SINGLE_SBO, dropout=0.0, attention_dropout=0.0)
+    cfg.data.sbo_edge_spans = False  # edge spans get MLM only: fewer SBO than MLM targets, so mixing them up shows
+    stream = _stream(shard_dir, cfg, seed=3)
+    rows = stream.train_rows[:6]
+    model = _model(cfg, stream).train()
+    halves = [stream.collate(0, rows[:2]), stream.collate(0, rows[2:])]
+    counts = global_counts(halves, 1, CPU)
+    sums = train_step(model, halves, counts[:3], 1, contextlib.nullcontext())
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad(set_to_none=True)
+    ref = model_ref_loss(model, stream, rows)
+    ref["loss"].backward()
+    for n, g in got.items():
+        torch.testing.assert_close(g, model.get_parameter(n).grad, rtol=1e-4, atol=1e-7, msg=n)
+    # The returned sums are summed (not averaged) losses and correct counts; the counts are the target numbers.
+    assert counts[:2].tolist() == [ref["mlm_targets"], ref["sbo_targets"]] and counts[2] == 0
+    assert ref["sbo_targets"] < ref["mlm_targets"]
+    assert sums[0].item() == pytest.approx(ref["mlm_loss"].item() * ref["mlm_targets"], rel=1e-5)
+    assert sums[2].item() == pytest.approx(ref["sbo_loss"].item() * ref["sbo_targets"], rel=1e-5)
+    assert sums[1].item() == ref["mlm_correct"] and sums[3].item() == ref["sbo_correct"]
+
+
+def model_ref_loss(model: SpanBert, stream: BlockStream, rows: np.ndarray) -> dict:
+    decoder = model.bert.embeddings.word_embeddings.weight
+    parts = {"mlm": ([], []), "sbo": ([], [])}
+    for r in rows:
+        b = stream.collate(0, np.array([r]))
+        hidden = model.bert(b["input_ids"], b.get("attention_mask"))[0]
+        keep = b["mlm_labels"][0] != IGNORE
+        parts["mlm"][0].append(model.mlm_logits(hidden[b["mlm_positions"][0][keep]]))
+        parts["mlm"][1].append(b["mlm_labels"][0][keep])
+        keep = b["sbo_labels"][0] != IGNORE
+        y = model.cls.sbo(hidden[b["sbo_left"][0][keep]], hidden[b["sbo_right"][0][keep]], b["sbo_rel"][0][keep].clone())
+        parts["sbo"][0].append(F.linear(y, decoder, model.cls.sbo.bias))
+        parts["sbo"][1].append(b["sbo_labels"][0][keep])
+    out: dict = {"loss": 0.0}
+    for name, (xs, ys) in parts.items():
+        x, y = torch.cat(xs), torch.cat(ys)
+        out[f"{name}_loss"] = F.cross_entropy(x, y)
+        out["loss"] = out["loss"] + out[f"{name}_loss"]
+        out[f"{name}_targets"] = float(len(y))
+        out[f"{name}_correct"] = float((x.argmax(-1) == y).sum())
+    return out
+
+
+@pytest.mark.parametrize("objectives", [SINGLE_SBO, PAIR_NSP, {"model": {"use_sbo": False}, "data": {"mode": "single"}}],
+                         ids=["1seq-sbo", "2seq-nsp", "1seq"])
+def test_global_counts_are_the_target_counts(shard_dir, objectives):
+    """[N_mlm, N_sbo, N_nsp, flag] over micro-batches: labels that are not IGNORE, pairs; 0 for an absent head."""
+    cfg = _config(objectives)
+    stream = _stream(shard_dir, cfg, seed=3)
+    micro = [stream.collate(0, stream.train_rows[:3]), stream.collate(0, stream.train_rows[3:5])]
+    want = [sum(int((b[f"{o}_labels"] != IGNORE).sum()) if f"{o}_labels" in b else 0 for b in micro)
+            for o in ("mlm", "sbo", "nsp")]
+    assert global_counts(micro, 1, CPU, flag=2.0).tolist() == [*want, 2.0]
+    assert global_counts(micro, 1, CPU).tolist() == [*want, 0.0]  # no stop flag unless one is raised
+    assert global_counts(micro, 1, CPU).dtype == torch.float64  # exact counts past 2**24 targets
+    assert want[0] > 0 and (want[1] > 0) == cfg.model.use_sbo and want[2] == (5 if cfg.data.mode == "pair" else 0)
+
+
+class _Linear(torch.nn.Module):
+    """A stand-in model whose summed losses are w * constant: d loss / d w is then known by hand."""
+
+    def __init__(self, losses: dict[str, float]):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.losses = losses
+
+    def forward(self, batch):
+        out = {}
+        for name, value in self.losses.items():
+            out[f"{name}_loss"] = self.w * value * batch["scale"]
+            out[f"{name}_correct"] = torch.tensor(1.0)
+        return out
+
+
+def test_train_step_divides_each_summed_loss_by_its_global_count():
+    """Hand-worked: two micro-batches (scale 1 and 3), summed losses mlm 2w·s, nsp 5w·s, global counts
+    N_mlm = 4, N_nsp = 1 (a count of one must not be rounded up), world 2 (DDP averages, so x2)."""
+    model = _Linear({"mlm": 2.0, "nsp": 5.0})
+    counts = torch.tensor([4.0, 0.0, 1.0], dtype=torch.float64)
+    micro = [{"scale": torch.tensor(1.0)}, {"scale": torch.tensor(3.0)}]
+    sums = train_step(model, micro, counts, 2, contextlib.nullcontext())
+    assert model.w.grad.item() == pytest.approx(2 * (2 * 4 / 4 + 5 * 4 / 1))
+    assert sums.dtype == torch.float64 and sums.tolist() == [8.0, 2.0, 0.0, 0.0, 20.0, 2.0]
+
+
+def test_checkpoint_of_a_pair_run_is_scored_as_pairs_and_checked_against_the_shards(shard_dir, tmp_path):
+    cfg = _config(PAIR_NSP)
+    stream = _stream(shard_dir, cfg)
+    model = _model(cfg, stream)
+    state = {"model": model.state_dict(), "config": cfg.to_dict(), "vocab_sha256": stream.vocab.sha256}
+    checkpoint.save(tmp_path / "pair", 3, state, keep_last=1)
+    got = evaluate_checkpoint(tmp_path / "pair", shard_dir, max_blocks=10)
+    assert got["mode"] == "pair" and got["blocks"] == 10
+    assert_matches(got, reference(model, stream, stream.heldout_rows[:10]))
+    # --single-sequence / --scheme: the same model scored on single sequences with other masks (no NSP).
+    other = BlockStream(shard_dir, replace(cfg.data, mode="single", scheme="whole_word"), max_len=cfg.model.max_position,
+                        max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, sbo=cfg.model.use_sbo)
+    got = evaluate_checkpoint(tmp_path / "pair", shard_dir, scheme="whole_word", single_sequence=True, max_blocks=10)
+    assert got["mode"] == "single" and got["scheme"] == "whole_word"
+    assert_matches(got, reference(model, other, stream.heldout_rows[:10]))
+    # A checkpoint trained on another vocabulary is refused, not scored.
+    checkpoint.save(tmp_path / "other", 3, {**state, "vocab_sha256": "0" * 64}, keep_last=1)
+    with pytest.raises(ValueError, match="0000"):
+        evaluate_checkpoint(tmp_path / "other", shard_dir)
+
+
+def test_checkpoint_rows_all_or_another_holdout_and_the_empty_holdout_error(shard_dir, tmp_path):
+    cfg = _config(SINGLE_SBO)
+    stream = _stream(shard_dir, cfg)
+    model = _model(cfg, stream)
+    checkpoint.save(tmp_path / "run", 1, {"model": model.state_dict(), "config": cfg.to_dict(),
+                                          "vocab_sha256": stream.vocab.sha256}, keep_last=1)
+    got = evaluate_checkpoint(tmp_path / "run", shard_dir, split="all", max_blocks=5)
+    assert got["blocks"] == 5 and got["split"] == "all"
+    assert_matches(got, reference(model, stream, np.arange(5)))  # every row, from the first
+    half = BlockStream(shard_dir, replace(cfg.data, holdout_fraction=0.5), max_len=cfg.model.max_position,
+                       max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, sbo=True)
+    assert len(half.heldout_rows) != len(stream.heldout_rows)
+    got = evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.5)
+    assert got["blocks"] == len(half.heldout_rows)
+    with pytest.raises(ValueError, match="held out no documents"):
+        evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.0)
