@@ -83,22 +83,10 @@ def build_copies(root: Path, n: int) -> list[str]:
 
 def cleaned_texts() -> list[str]:
     """The documents the pipeline keeps, after its own framing and cleaning (one copy)."""
-    import glob
+    from bench_pipeline import CORPUS  # this folder is sys.path[0] when the script runs
+    from bench_pipeline import cleaned_texts as clean
 
-    from pipeline.documents import FRAMERS, CleanOptions, Document, clean_document
-    from pipeline.io import source_base
-
-    specs = [("wikiextractor", str(WIKI))] + [("text", f"{DATA}/books/{d}/*.txt") for d in BOOK_DIRS]
-    texts = []
-    for fmt, pattern in specs:
-        base = source_base(pattern)
-        for path in sorted(glob.glob(pattern)):
-            with open(path, "rb") as f:
-                for raw in FRAMERS[fmt](f, path[len(base) :]):
-                    doc = clean_document(raw, CleanOptions())
-                    if isinstance(doc, Document):
-                        texts.append(doc.text)
-    return texts
+    return clean(CORPUS)
 
 
 def write_jsonl(texts: list[str], path: Path, n: int) -> None:

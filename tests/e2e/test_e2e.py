@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from finetune.evaluate_squad import evaluate_files
 from tests.trainer.conftest import REPO, cli, set_args, tiny_config
 from trainer.data import BlockStream, ShardSet, split_rows
 from trainer.evaluate import evaluate_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
 HOLDOUT = 0.3
+SQUAD2_EXCERPT = REPO / "tests" / "fixtures" / "squad" / "dev-v2.0-excerpt.json"
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,10 @@ def test_ablation_grid_on_one_set_of_shards(shards, tmp_path):
     rows = "subword-2seq-nsp,named_entity-2seq-nsp,geometric-1seq-sbo"
     cmd = [sys.executable, "-m", "trainer.ablate", "--data", str(shards), "--out", str(tmp_path), "--rows", rows,
            "--max-steps", "3", "--holdout-fraction", str(HOLDOUT), "--set", "data.batch_size=4",
-           "--set", "data.num_workers=0", "--set", "model.max_position=64"]
+           "--set", "data.num_workers=0", "--set", "model.max_position=64",
+           # scored downstream like the paper's Tables 6-7: SQuAD 2.0 on an article split (2 fine-tuning steps)
+           "--downstream", "squad2", "--squad-file", str(SQUAD2_EXCERPT), "--squad-args",
+           "--max-steps 2 --max-seq-length 64 --doc-stride 32 --max-query-length 24 --batch-size 8"]
     r = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -96,6 +101,12 @@ def test_ablation_grid_on_one_set_of_shards(shards, tmp_path):
     assert len({x["geo_mlm_targets"] for x in results}) == 1
     table = (tmp_path / "results.md").read_text()
     assert all(name in table for name in rows.split(",")) and "Table 6: Named Entities" in table
+    assert "squad2_em | squad2_f1" in table
+    heldout = tmp_path / "squad2-split" / "heldout.json"
+    for x in results:  # the EM / F1 columns are the official v2.0 scores of that row's own predictions
+        out = tmp_path / "runs" / x["name"] / "squad2"
+        m = evaluate_files(heldout, out / "predictions.json", out / "na_prob.json").metrics
+        assert (x["squad2_em"], x["squad2_f1"]) == (m["best_exact"], m["best_f1"]) and m["total"] > 100
     for png in ("loss_curves.png", "span_lengths.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     # Re-running continues (here: finds every row finished) and gives the same table.

@@ -10,6 +10,8 @@ import pytest
 import torch
 from squad_fixtures import squad_texts
 
+from tests.trainer.conftest import one_torch_thread  # noqa: F401 - the same autouse fixture: one intra-op thread
+
 
 @pytest.fixture(scope="session")
 def squad_vocab(tmp_path_factory) -> Path:
@@ -46,10 +48,3 @@ def tiny_hf_dir(tmp_path_factory, squad_vocab, tiny_cfg) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one intra-op thread is ~10x faster than two on a busy 2-core machine (no spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
