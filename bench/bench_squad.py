@@ -2,7 +2,7 @@
 batch and weights, and feature building (tokenise + windows) in questions per second on one core.
 
     .venv/bin/python bench/bench_squad.py                        # base shape, batch 4 x 384, ../shared dev-v1.1
-    .venv/bin/python bench/bench_squad.py --shape mini --squad tests/fixtures/squad/dev-v1.1-excerpt.json
+    .venv/bin/python bench/bench_squad.py --shape mini --squad demo/squad/dev-v1.1-excerpt.json
 Goals: step time <= 1.0x HF's; >= 2,000 questions/s building features on one core.
 """
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from demo.corpus import first_articles, wikipedia_sample
 
 PY = sys.executable
-SQUAD_EXCERPT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "squad" / "dev-v1.1-excerpt.json"
+SQUAD_EXCERPT = Path(__file__).resolve().parent / "squad" / "dev-v1.1-excerpt.json"  # package data
 
 
 def step(title: str, args: list[str], capture: Path | None = None) -> None:

@@ -19,7 +19,7 @@ from trainer.evaluate import evaluate_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
 HOLDOUT = 0.3
-SQUAD2_EXCERPT = REPO / "tests" / "fixtures" / "squad" / "dev-v2.0-excerpt.json"
+SQUAD2_EXCERPT = REPO / "demo" / "squad" / "dev-v2.0-excerpt.json"
 
 
 @pytest.fixture(scope="module")

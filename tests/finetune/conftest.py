@@ -1,4 +1,4 @@
-"""Fixtures for the fine-tuning tests: committed SQuAD excerpts (tests/fixtures/squad, CC BY-SA 4.0),
+"""Fixtures for the fine-tuning tests: committed SQuAD excerpts (demo/squad, CC BY-SA 4.0),
 a WordPiece vocabulary trained here on their text, and a tiny random-init BERT exported as a transformers
 directory. Nothing from ../shared."""
 
