@@ -82,7 +82,7 @@ mutate: install
 	$(PY) tests/mutate.py run $(MUTATE_GROUPS) --jobs $(MUTATE_JOBS)
 
 lint: install
-	$(PY) -m ruff check masking pipeline trainer finetune demo tests bench
+	$(PY) -m ruff check contract masking pipeline trainer finetune demo tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info
