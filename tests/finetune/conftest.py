@@ -1,5 +1,5 @@
 """Fixtures for the fine-tuning tests: committed SQuAD excerpts (demo/squad, CC BY-SA 4.0),
-a WordPiece vocabulary trained here on their text, and a tiny random-init BERT exported as a transformers
+the committed bert-base-cased vocabulary, and a tiny random-init BERT exported as a transformers
 directory. Nothing from ../shared."""
 
 from __future__ import annotations
@@ -8,21 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from squad_fixtures import squad_texts
 
 from tests.trainer.conftest import one_torch_thread  # noqa: F401 - the same autouse fixture: one intra-op thread
 
 
 @pytest.fixture(scope="session")
-def squad_vocab(tmp_path_factory) -> Path:
-    """vocab.txt (+ tokenizer.json) of a 2,000-piece cased WordPiece trained on the excerpts."""
-    from pipeline.tokenizer import vocab_list
-    from pipeline.vocab import train
+def squad_vocab() -> Path:
+    """The committed bert-base-cased vocabulary (tests/fixtures): fixed, so every run fine-tunes the same
+    model. (A WordPiece trained here would differ from process to process: the `tokenizers` trainer breaks
+    ties in hash order.)"""
+    from tests.trainer.shards import VOCAB
 
-    out = tmp_path_factory.mktemp("squad-vocab")
-    tok = train(iter(squad_texts()), vocab_size=2000, min_frequency=1, bert_layout=False)
-    (out / "vocab.txt").write_text("".join(t + "\n" for t in vocab_list(tok)), encoding="utf-8")
-    return out / "vocab.txt"
+    return VOCAB
 
 
 @pytest.fixture(scope="session")
