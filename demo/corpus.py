@@ -10,7 +10,6 @@ its check is rebuilt. Nothing here needs ../shared.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from pipeline.schema import file_sha256
 
 GENSIM_WHEEL = "gensim==4.4.0"
 DUMP_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -36,16 +37,8 @@ def cache_dir() -> Path:
     return Path(base) / "spanbert"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verified(path: Path, sha256: str) -> bool:
-    return path.is_file() and sha256_of(path) == sha256
+    return path.is_file() and file_sha256(path)[1] == sha256
 
 
 @contextmanager
@@ -62,7 +55,7 @@ def _locked(cache: Path) -> Iterator[None]:
 
 def _publish(data_path: Path, dest: Path, sha256: str, what: str) -> None:
     """Move a finished file under its final name only once it matches its expected hash."""
-    got = sha256_of(data_path)
+    got = file_sha256(data_path)[1]
     if got != sha256:
         raise RuntimeError(f"{what} has sha256 {got}, expected {sha256}")
     os.replace(data_path, dest)  # same directory: atomic, never a half-written file under `dest`
