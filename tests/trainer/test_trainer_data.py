@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trainer.config import DataConfig
-from trainer.data import IS_NEXT, NOT_NEXT, BlockStream, build_loader
+from trainer.data import IS_NEXT, NOT_NEXT, Batch, BlockStream, build_loader
 from trainer.model import IGNORE
 
 
@@ -127,14 +127,14 @@ def test_pair_mode_keeps_entity_spans_aligned(shard_dir):
     stream = _stream(shard_dir, mode="pair", scheme="named_entity")
     checked = 0
     for row in range(40):
-        part = stream._bare_pair(0, row)
-        spans, labels, n = part["entity_spans"], part["entity_labels"], len(part["ids"])
+        part = stream.bare_block(0, row)
+        spans, labels, n = part.spans.entities, part.spans.entity_labels, len(part.ids)
         assert len(spans) == len(labels) and ((spans[:, 0] >= 0) & (spans[:, 1] <= n)).all()
-        assert not ((spans[:, 0] < part["a"]) & (spans[:, 1] > part["a"])).any()  # none across the A/B cut
-        if part["nsp"] == IS_NEXT:  # A + B is the block's prefix: same spans, same tokens
+        assert not ((spans[:, 0] < part.a_len) & (spans[:, 1] > part.a_len)).any()  # none across the A/B cut
+        if part.nsp == IS_NEXT:  # A + B is the block's prefix: same spans, same tokens
             block_spans, block_labels = stream.shards.spans(row, "entity_spans")
             inside = [(tuple(sp), lab) for sp, lab in zip(block_spans.tolist(), block_labels, strict=True)
-                      if sp[1] <= n and not (sp[0] < part["a"] < sp[1])]
+                      if sp[1] <= n and not (sp[0] < part.a_len < sp[1])]
             assert [(tuple(sp), lab) for sp, lab in zip(spans.tolist(), labels, strict=True)] == inside
             checked += 1
     assert checked > 5
@@ -287,3 +287,4 @@ def test_pinned_batches(pinned_shards, case):
     batches = list(itertools.islice(iter(stream), 3))
     got = ([b["row_ids"].tolist() for b in batches], _digest(batches))
     assert got == want
+    assert all(set(b) <= set(Batch.__annotations__) for b in batches)  # every key is documented in Batch
