@@ -1,16 +1,25 @@
 """The batch stream: exactly-once epochs over ranks x workers, exact resume, masks and SBO targets in
-full-sequence coordinates, batching, the bi-sequence + NSP mode, the vocabulary check."""
+full-sequence coordinates, batching, the bi-sequence + NSP mode, the vocabulary and tokenizer checks, and
+batches pinned bit for bit."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
+from contract.cli import run_main
+from contract.schema import BLOCK_SCHEMA, MANIFEST, ShardError, file_sha256, read_manifest
+from tests.trainer.shards import write_shards
+from trainer.__main__ import main
 from trainer.config import DataConfig
 from trainer.data import IS_NEXT, NOT_NEXT, Batch, BlockStream, build_loader
 from trainer.model import IGNORE
@@ -160,14 +169,6 @@ def test_vocabulary_mismatch_is_refused(shard_dir):
 def test_shards_tokenizer_must_be_the_one_the_manifest_recorded(shard_dir, tmp_path, capsys):
     """Two tokens of the shards' tokenizer.json swap ids: same size, another identity. The stream (and the CLI,
     as one `error:` line naming the file, exit 2) refuses it before any token id is read against it."""
-    import hashlib
-    import json
-    import shutil
-
-    from contract.cli import run_main
-    from contract.schema import ShardError, read_manifest
-    from trainer.__main__ import main
-
     d = Path(shutil.copytree(shard_dir, tmp_path / "shards"))
     path = read_manifest(d).tokenizer_path
     assert path.parent == d and path.name == "tokenizer.json"
@@ -208,13 +209,6 @@ def _synthetic_spans(word_start: list[bool], row: int) -> tuple[list[dict], list
 def pinned_shards(tmp_path_factory):
     """The pipeline without spaCy (its cheap sentence rule: tokenizer + block cutter only, platform-independent),
     3 shards, spans rewritten into every row by `_synthetic_spans`."""
-    import json
-
-    import pyarrow as pa
-
-    from contract.schema import BLOCK_SCHEMA, MANIFEST, file_sha256
-    from tests.trainer.shards import write_shards
-
     out = write_shards(tmp_path_factory.mktemp("pinned") / "shards", num_docs=8, block_size=64, num_shards=3,
                        max_chars=2500)
     manifest = json.loads((out / MANIFEST).read_text())
@@ -241,8 +235,6 @@ def pinned_shards(tmp_path_factory):
 
 
 def _digest(batches: list[dict[str, torch.Tensor]]) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for b in batches:
         for k in sorted(b):
@@ -286,5 +278,7 @@ def test_pinned_batches(pinned_shards, case):
     stream = BlockStream(pinned_shards, cfg, max_len=64, max_sbo_targets=15, seed=3, **kwargs)
     batches = list(itertools.islice(iter(stream), 3))
     got = ([b["row_ids"].tolist() for b in batches], _digest(batches))
-    assert got == want
+    # A deliberate change of the stream (plan, pairing, masking, collation, or the shards' content)
+    # re-records PINNED from `got`; a refactor never does.
+    assert got == want, f"{case}: {got}"
     assert all(set(b) <= set(Batch.__annotations__) for b in batches)  # every key is documented in Batch
