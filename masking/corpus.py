@@ -16,6 +16,7 @@ import numpy as np
 
 from contract.align import char_to_piece_spans
 from contract.blocks import cut_blocks
+from contract.tokenizer import word_starts
 
 
 @dataclass
@@ -44,10 +45,7 @@ def encode(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """ids, word_start (from the encoding's word ids), char offsets of one document."""
     enc = tokenizer.encode(text, add_special_tokens=False)
     ids = np.asarray(enc.ids, dtype=np.int32)
-    word = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)
-    word_start = np.ones(len(ids), dtype=bool)
-    word_start[1:] = word[1:] != word[:-1]
-    return ids, word_start, np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+    return ids, word_starts(enc.word_ids), np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
 
 
 def text_blocks(

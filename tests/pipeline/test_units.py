@@ -198,6 +198,38 @@ def test_vocab_trainer_and_tokenizer_json_input(tmp_path: Path) -> None:
     assert manifest["totals"]["documents_written"] == 2 and verify(tmp_path / "out") == []
 
 
+def test_learn_vocab_hand_worked_merges_and_tie_break() -> None:
+    from pipeline.vocab import learn_vocab
+
+    # a b c, then ##b ##c (continuations seen); pairs (a,##b)=5 (a,##b)(##b,##c)=2: "ab" first, then "abc".
+    assert learn_vocab({"ab": 3, "abc": 2, "c": 1}, 100, 2, ["[UNK]"]) == [
+        "[UNK]", "a", "b", "c", "##b", "##c", "ab", "abc"]
+    # A tie (both pairs count 2): the smaller pair of ids, (a=1, ##b=5) before (c=3, ##d=6), whatever the order
+    # of the words; the budget of 8 leaves room for one merge only.
+    for counts in ({"ab": 2, "cd": 2}, {"cd": 2, "ab": 2}):
+        assert learn_vocab(counts, 8, 2, ["[UNK]"]) == ["[UNK]", "a", "b", "c", "d", "##b", "##d", "ab"]
+    assert learn_vocab({"ab": 2, "cd": 2}, 100, 3, ["[UNK]"])[-1] == "##d"  # below min_frequency: no merge
+
+
+def test_vocab_is_the_same_in_every_process(tmp_path: Path) -> None:
+    """`tokenizers`' own trainer broke count ties in hash-map order: another vocabulary in every process."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    text = tmp_path / "wiki.txt"
+    text.write_bytes(b"</doc>\n".join(WIKI_EXTRACTED.read_bytes().split(b"</doc>\n")[:2]) + b"</doc>\n")
+    digests = set()
+    for seed in ("1", "2"):
+        out = tmp_path / f"v{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        subprocess.run([sys.executable, "-m", "pipeline.vocab", "--input", str(text), "--output", str(out),
+                        "--vocab-size", "1500"], check=True, env=env, capture_output=True)
+        digests.add(tuple(hashlib.sha256((out / f).read_bytes()).hexdigest() for f in ("vocab.txt", "tokenizer.json")))
+    assert len(digests) == 1
+
+
 def test_local_defaults_parallelise_only_annotation() -> None:
     from pipeline.run import _local_defaults
 
