@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from contract.annotate import load_nlp
 from contract.tokenizer import word_starts, wordpiece_from_vocab
-from pipeline.annotate import load_nlp
 from pipeline.documents import FRAMERS, CleanOptions, Document, clean_document
 from pipeline.io import source_base
 from pipeline.run import run

@@ -21,9 +21,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from contract.annotate import CHUNK_CHARS, EXCLUDE, MODEL
 from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE
 from contract.tokenizer import load_tokenizer, vocab_list, vocab_sha256
-from pipeline.annotate import CHUNK_CHARS, EXCLUDE, MODEL
 from pipeline.documents import FORMATS, CleanOptions
 from pipeline.io import (
     SPLIT_BYTES,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import itertools
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -93,7 +94,7 @@ def learn_vocab(
     pair_count: dict[tuple[int, int], int] = defaultdict(int)
     where: dict[tuple[int, int], set[int]] = defaultdict(set)  # words that held the pair (may be stale)
     for i, seq in enumerate(seqs):
-        for pair in zip(seq, seq[1:]):
+        for pair in itertools.pairwise(seq):
             pair_count[pair] += weight[i]
             where[pair].add(i)
     heap = [(-n, pair) for pair, n in pair_count.items()]
@@ -125,9 +126,9 @@ def learn_vocab(
                     j += 1
             if len(merged) == len(seq):
                 continue
-            for p in zip(seq, seq[1:]):
+            for p in itertools.pairwise(seq):
                 pair_count[p] -= w
-            for p in zip(merged, merged[1:]):
+            for p in itertools.pairwise(merged):
                 pair_count[p] += w
                 where[p].add(i)
                 touched.add(p)

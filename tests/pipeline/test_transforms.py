@@ -12,7 +12,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.documents import Annotation, CleanOptions, Document, RawDocument
+from contract.annotate import Annotation
+from pipeline.documents import CleanOptions, Document, RawDocument
 from pipeline.encode import EncodedDoc
 from pipeline.transforms import (
     DEAD_LETTER,

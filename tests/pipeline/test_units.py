@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.annotate import chunk_starts
+from contract.annotate import chunk_starts
 from pipeline.documents import (
     CleanOptions,
     Document,
