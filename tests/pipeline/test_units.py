@@ -179,8 +179,9 @@ def test_clean_documents_composite_routes_dead_letters() -> None:
         )
 
 
-def test_vocab_trainer_and_tokenizer_json_input(tmp_path: Path) -> None:
+def test_vocab_trainer_and_tokenizer_json_input(tmp_path: Path, capsys) -> None:
     from contract.tokenizer import Vocabulary, load_tokenizer
+    from pipeline.inspect import main as inspect_main
     from pipeline.inspect import verify
     from pipeline.run import run
     from pipeline.vocab import main
@@ -192,10 +193,18 @@ def test_vocab_trainer_and_tokenizer_json_input(tmp_path: Path) -> None:
     ids = Vocabulary.of(tok)
     assert (ids.pad, ids.unk, ids.cls, ids.sep, ids.mask) == (0, 100, 101, 102, 103)
     assert tok.get_vocab_size() <= 2000 and tok.token_to_id("##s") is not None
+    capsys.readouterr()
     manifest = run(["--input", str(text), "--tokenizer", str(tmp_path / "v" / "tokenizer.json"),
                     "--output", str(tmp_path / "out"), "--no-annotate", "--num-shards", "1"])
     assert manifest["tokenizer"]["vocab_size"] == tok.get_vocab_size()
     assert manifest["totals"]["documents_written"] == 2 and verify(tmp_path / "out") == []
+    # One manifest summary: the pipeline prints it when done, inspect prints the same before verifying.
+    printed = capsys.readouterr().out
+    (shard,) = manifest["shards"]
+    assert f"documents read 2 = written 2 + rejected 0; blocks {manifest['totals']['blocks']}" in printed
+    assert f"  {shard['file']}: {shard['rows']} rows, {shard['tokens']} tokens, sha256 {shard['sha256'][:16]}" in printed
+    assert inspect_main([str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.startswith(printed)
 
 
 def test_learn_vocab_hand_worked_merges_and_tie_break() -> None:
