@@ -84,7 +84,7 @@ def learn_vocab(
 
     for t in specials:
         add(t)
-    words = sorted(word_counts)
+    words = sorted(w for w in word_counts if w)  # the pre-tokeniser yields no empty word; be safe
     for c in sorted({c for w in words for c in w}):
         add(c)
     for c in sorted({c for w in words for c in w[1:]}):
