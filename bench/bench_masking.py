@@ -26,9 +26,10 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 import numpy as np  # noqa: E402
 
+from contract.annotate import load_nlp  # noqa: E402
 from contract.tokenizer import Vocabulary, wordpiece_from_vocab  # noqa: E402
 from masking import SCHEMES, Masker, MaskingConfig  # noqa: E402
-from masking.corpus import TextBlock, annotate, load_spacy, text_blocks  # noqa: E402
+from masking.corpus import TextBlock, annotate, text_blocks  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 VOCAB = SHARED / "vocab" / "bert-base-cased-vocab.txt"
@@ -60,7 +61,7 @@ def main() -> None:
     blocks, texts = text_blocks(tok, [WIKI], max_blocks=args.blocks + 64)
     blocks = [b for b in blocks if len(b.input_ids) == 510][: args.blocks]
     annotated = blocks[:48]  # spaCy is slow (~8k words/s): annotate a few, reuse them cyclically
-    annotate(annotated, texts, load_spacy())
+    annotate(annotated, texts, load_nlp())
     unigram = np.bincount(np.concatenate([b.input_ids for b in blocks]), minlength=tok.get_vocab_size())
     print(
         f"{len(blocks)} blocks of 510 pieces from {WIKI.name}; batch {args.batch}; one thread, "

@@ -284,7 +284,7 @@ def _tree_cpu() -> float:
 
 
 def child_spacy(wiki_slice: str, batch_size: str) -> None:
-    from pipeline.annotate import load_nlp
+    from contract.annotate import load_nlp
     from pipeline.documents import CleanOptions, Document, clean_document, frame_wikiextractor
 
     with open(wiki_slice, "rb") as f:

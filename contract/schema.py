@@ -82,6 +82,30 @@ class Manifest:
         return counts
 
 
+def summarize(raw: dict[str, Any], where: str) -> str:
+    """The one human summary of a manifest (`python -m pipeline` prints it when done, `python -m
+    pipeline.inspect` before verifying): settings, the document accounting, rejections per reason,
+    cleaning and span counts, one line per shard. Reads no shard; `where` names the directory."""
+    t, tok = raw["totals"], raw["tokenizer"]
+    lines = [
+        f"{where}: format {raw['format_version']}, block size {raw['block_size']}, annotated {raw.get('annotated')}, "
+        f"vocab {tok['vocab_size']} ({tok['vocab_sha256'][:12]}…)",
+        f"documents read {t.get('documents_read')} = written {t.get('documents_written')} + rejected "
+        f"{t.get('documents_rejected')}; blocks {t['blocks']}, tokens {t['tokens']}, words {t.get('words')}, "
+        f"shards {len(raw['shards'])}",
+    ]
+    lines += [f"  rejected {reason}: {n}" for reason, n in sorted(raw.get("rejections", {}).items())]
+    lines += [f"  cleaned {k}: {v}" for k, v in raw.get("cleaning", {}).items() if v]
+    sp = raw.get("spans", {})
+    if raw.get("annotated"):
+        lines.append(
+            f"  spans: {sp.get('entity_spans')} entities, {sp.get('noun_phrase_spans')} noun phrases; dropped at"
+            f" block edges {sp.get('entity_spans_dropped_at_block_edge')} / {sp.get('noun_phrase_spans_dropped_at_block_edge')}"
+        )
+    lines += [f"  {s['file']}: {s['rows']} rows, {s['tokens']} tokens, sha256 {s['sha256'][:16]}…" for s in raw["shards"]]
+    return "\n".join(lines)
+
+
 def read_manifest(directory: str | Path) -> Manifest:
     directory = Path(directory)
     path = directory / MANIFEST

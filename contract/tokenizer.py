@@ -7,9 +7,11 @@ the special tokens itself.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
@@ -25,17 +27,35 @@ def bert_normalizer(lowercase: bool = False) -> normalizers.Normalizer:
     )
 
 
+def bert_wordpiece(vocab: dict[str, int], lowercase: bool = False) -> Tokenizer:
+    """The one construction of a BERT WordPiece tokenizer (model, normaliser, pre-tokeniser, decoder): for a
+    vocab.txt read back and for the vocabulary trainer, so what is trained is what is loaded."""
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = bert_normalizer(lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
 def wordpiece_from_vocab(vocab_path: str | Path, lowercase: bool = False) -> Tokenizer:
     """A bert-base-cased style tokenizer from a one-token-per-line vocabulary."""
     vocab = read_vocab(vocab_path)
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise ValueError(f"{vocab_path}: vocabulary lacks special tokens {missing}")
-    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = bert_normalizer(lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    return tok
+    return bert_wordpiece(vocab, lowercase)
+
+
+def word_starts(word_ids: Sequence[int | None]) -> np.ndarray:
+    """bool[n]: piece i begins a word, from an Encoding's `word_ids` (the shards' `word_start` column).
+
+    A piece starts a word when its word id differs from the previous piece's; a run of pieces without
+    a word (None: special tokens) counts as one word.
+    """
+    w = np.fromiter((-1 if x is None else x for x in word_ids), dtype=np.int64, count=len(word_ids))
+    ws = np.ones(len(w), dtype=bool)
+    ws[1:] = w[1:] != w[:-1]
+    return ws
 
 
 def read_vocab(vocab_path: str | Path) -> dict[str, int]:

@@ -1,8 +1,9 @@
 """Real text -> bare 510-piece blocks (with optional spaCy spans), for `masking.stats`, tests and the bench.
 
-Each file is one document; blocks come from `contract.blocks.cut_blocks` without sentence
-information. Entity mentions and noun chunks come from `pipeline.annotate`, aligned with `contract.align`.
-The tokenizer and spaCy are imported by the caller; this module only needs numpy.
+Each file is one document, decoded by the pipeline's rule (`contract.text`: UTF-8, else rejected with
+its reason unless a fallback codec is given); blocks come from `contract.blocks.cut_blocks` without
+sentence information. Entity mentions and noun chunks come from `contract.annotate` (the spans the
+shards hold), aligned with `contract.align`. spaCy is loaded only by `contract.annotate.load_nlp`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import Any
 import numpy as np
 
 from contract.align import char_to_piece_spans
+from contract.annotate import annotate as annotate_texts
 from contract.blocks import cut_blocks
+from contract.text import decode
+from contract.tokenizer import word_starts
 
 
 @dataclass
@@ -29,14 +33,21 @@ class TextBlock:
     noun_phrase_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
 
-def read_text(path: str | Path) -> str:
-    """UTF-8, or Latin-1 for the files that are not; WikiExtractor's <doc> tag lines dropped."""
-    raw = Path(path).read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    lines = text.splitlines()
+class RejectedText(ValueError):
+    """A file the pipeline would dead-letter; the message is one line: `FILE: reason (detail)`."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str):
+        self.path, self.reason, self.detail = Path(path), reason, detail
+        super().__init__(f"{path}: {reason} ({detail})")
+
+
+def read_text(path: str | Path, encoding_fallback: str | None = None) -> str:
+    """The file decoded by the pipeline's rule (RejectedText where it would reject the document);
+    WikiExtractor's <doc> tag lines dropped."""
+    decoded = decode(Path(path).read_bytes(), encoding_fallback)
+    if decoded.text is None:
+        raise RejectedText(path, decoded.reason or "", decoded.detail)
+    lines = decoded.text.splitlines()
     return "\n".join(ln for ln in lines if not (ln.startswith("<doc ") or ln.startswith("</doc>")))
 
 
@@ -44,10 +55,7 @@ def encode(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """ids, word_start (from the encoding's word ids), char offsets of one document."""
     enc = tokenizer.encode(text, add_special_tokens=False)
     ids = np.asarray(enc.ids, dtype=np.int32)
-    word = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)
-    word_start = np.ones(len(ids), dtype=bool)
-    word_start[1:] = word[1:] != word[:-1]
-    return ids, word_start, np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+    return ids, word_starts(enc.word_ids), np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
 
 
 def text_blocks(
@@ -56,15 +64,26 @@ def text_blocks(
     max_blocks: int | None = None,
     max_pieces: int = 510,
     max_chars: int | None = None,
+    encoding_fallback: str | None = None,
+    rejected: list[RejectedText] | None = None,
 ) -> tuple[list[TextBlock], list[str]]:
     """Blocks of the files in order (stopping once `max_blocks` exist) and the documents' texts.
 
     `max_chars` keeps only the first lines of each file (up to that many characters): a quick slice.
+    A file the pipeline would reject raises RejectedText, or, given a `rejected` list, is added to it
+    and skipped (its text is "", so `doc` still indexes `paths`).
     """
     blocks: list[TextBlock] = []
     texts: list[str] = []
     for doc, path in enumerate(paths):
-        text = read_text(path)
+        try:
+            text = read_text(path, encoding_fallback)
+        except RejectedText as e:
+            if rejected is None:
+                raise
+            rejected.append(e)
+            texts.append("")
+            continue
         if max_chars is not None and len(text) > max_chars:
             cut = text.rfind("\n", 0, max_chars)
             text = text[: cut if cut > 0 else max_chars]
@@ -77,17 +96,9 @@ def text_blocks(
     return blocks, texts
 
 
-def load_spacy() -> Any:
-    from pipeline.annotate import load_nlp
-
-    return load_nlp()  # the pipeline's own model and components: the same spans the shards would hold
-
-
 def annotate(blocks: Sequence[TextBlock], texts: Sequence[str], nlp: Any) -> None:
-    """Fill each block's entity and noun-chunk spans with `pipeline.annotate` run on the lines the
+    """Fill each block's entity and noun-chunk spans with `contract.annotate` run on the lines the
     document's blocks cover (whole lines, so spaCy sees what the pipeline would)."""
-    from pipeline.annotate import annotate as annotate_texts
-
     for doc in sorted({b.doc for b in blocks}):
         mine = [b for b in blocks if b.doc == doc and len(b.input_ids)]
         if not mine:

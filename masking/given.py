@@ -54,7 +54,7 @@ def take_given_spans(
     key = rng.uniform(rng.stream_keys(keys, rng.ORDER)[b], local0)  # counter: the span's first word
     shuffle = np.lexsort((key, b))
     g0, g1, b, local0 = g0[shuffle], g1[shuffle], b[shuffle], local0[shuffle]
-    cost = layout.word_start[g1] - layout.word_start[g0]
+    cost = layout.word_first_piece[g1] - layout.word_first_piece[g0]
     total = np.cumsum(cost)
     block_first = np.searchsorted(b, np.arange(layout.n_blocks))
     before = total - cost - np.concatenate([[0], total])[block_first[b]]

@@ -18,7 +18,7 @@ import numpy as np
 class Layout:
     ids: np.ndarray  # int32[N]   all pieces, block after block
     offsets: np.ndarray  # int64[B+1] block b is ids[offsets[b]:offsets[b+1]]
-    word_start: np.ndarray  # int64[W+1] first piece of each word, then N
+    word_first_piece: np.ndarray  # int64[W+1] flat index of each word's first piece, then N
     word_len: np.ndarray  # int64[W]   pieces per word
     word_block: np.ndarray  # int64[W]
     word_maskable: np.ndarray  # bool[W]    False for a special piece
@@ -48,7 +48,7 @@ class Layout:
 
     def word_of(self, flat_piece: np.ndarray) -> np.ndarray:
         """Global word number of some flat piece positions."""
-        return np.searchsorted(self.word_start, flat_piece, side="right") - 1
+        return np.searchsorted(self.word_first_piece, flat_piece, side="right") - 1
 
 
 def build_layout(
@@ -84,7 +84,7 @@ def build_layout(
         starts |= special
         starts[1:] |= special[:-1]
     first_piece = np.flatnonzero(starts)
-    word_start_idx = np.append(first_piece, N)
+    word_first_piece = np.append(first_piece, N)
     block_words = np.searchsorted(first_piece, offsets)  # a non-empty block starts with a word
     word_block = np.repeat(np.arange(B, dtype=np.int64), np.diff(block_words))
     word_maskable = ~special[first_piece]
@@ -99,8 +99,8 @@ def build_layout(
     return Layout(
         ids=ids,
         offsets=offsets,
-        word_start=word_start_idx,
-        word_len=np.diff(word_start_idx),
+        word_first_piece=word_first_piece,
+        word_len=np.diff(word_first_piece),
         word_block=word_block,
         word_maskable=word_maskable,
         block_words=block_words,

@@ -226,7 +226,7 @@ class Masker:
         words = np.flatnonzero(sel.masked)
         n = layout.word_len[words]
         first = np.cumsum(n) - n
-        flat = np.repeat(layout.word_start[words] - first, n) + np.arange(int(n.sum()))  # masked pieces
+        flat = np.repeat(layout.word_first_piece[words] - first, n) + np.arange(int(n.sum()))  # masked pieces
         block = np.repeat(layout.word_block[words], n)
         pos = flat - layout.offsets[block]
         span_id = np.repeat(sel.span_id[words], n)

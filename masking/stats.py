@@ -7,6 +7,11 @@ Blocks are 510 pieces (each file one document, `contract.blocks.cut_blocks`, no 
 information). When the text has fewer blocks than --blocks, it is reused with fresh block indices
 (another draw of the masks, as in a later epoch). Random replacement tokens follow the unigram
 counts of the text itself (of the manifest with --shards).
+
+Files are decoded by the pipeline's rule (`contract.text`): a file the pipeline would dead-letter (not
+UTF-8) is skipped and reported, on stderr and in the output (`rejected`), never decoded by a guess;
+`--encoding-fallback latin-1` decodes it instead, as the pipeline's flag does. If every file is
+rejected: `error: FILE: reason`, exit status 2.
 """
 
 from __future__ import annotations
@@ -16,37 +21,57 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from contract.tokenizer import Vocabulary
 from masking import KEEP, MASK, RANDOM, SCHEMES, MaskedBatch, Masker, MaskingConfig, SampledLengths
-from masking.corpus import TextBlock
+from masking.corpus import RejectedText, TextBlock
 from masking.sampler import GIVEN_SPAN_ID, span_length_pmf
 
 BATCH = 256
+
+
+@dataclass
+class Source:
+    """What is masked: the blocks, their vocabulary, the unigram counts for random replacement, and the
+    files rejected on the way (reported, never dropped silently)."""
+
+    blocks: list[TextBlock]
+    vocab: Vocabulary
+    unigram: np.ndarray
+    rejected: list[RejectedText] = field(default_factory=list)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cfg = MaskingConfig(scheme=args.scheme, seed=args.seed)
     if args.shards:
-        blocks, vocab_size, specials, unigram = _from_shards(args.shards, args.blocks)
+        src = _from_shards(args.shards, args.blocks)
     else:
         if not args.vocab:
             sys.exit("--text needs --vocab")
-        blocks, vocab_size, specials, unigram = _from_text(args.vocab, args.text, args.blocks, cfg)
-    if not blocks:
+        src = _from_text(args.vocab, args.text, args.blocks, cfg, args.encoding_fallback)
+    if not src.blocks:
+        if src.rejected:  # nothing usable remains: `error: FILE: reason`, exit 2
+            more = f" (and {len(src.rejected) - 1} more files rejected)" if len(src.rejected) > 1 else ""
+            raise ValueError(f"{src.rejected[0]}{more}")
         sys.exit("no blocks: the input is empty")
+    for r in src.rejected:
+        print(f"rejected {r}", file=sys.stderr)
     masker = Masker(
         cfg,
-        vocab_size=vocab_size,
-        mask_id=specials["mask"],
-        special_ids=list(specials.values()),
-        unigram_counts=unigram,
+        vocab_size=src.vocab.size,
+        mask_id=src.vocab.mask,
+        special_ids=list(src.vocab.specials),
+        unigram_counts=src.unigram,
     )
-    report = measure(masker, blocks, args.blocks, epoch=args.epoch)
+    report = measure(masker, src.blocks, args.blocks, epoch=args.epoch)
+    report["rejected"] = {str(r.path): r.reason for r in src.rejected}
+    report["rejected_files"] = len(src.rejected)
     if args.plot:
         plot(report, args.plot)
     try:
@@ -62,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--text", nargs="+", type=Path, help="plain-text files (WikiExtractor output is fine)")
     src.add_argument("--shards", type=Path, help="a shard directory written by `python -m pipeline`")
     p.add_argument("--vocab", type=Path, help="BERT vocab.txt (needed with --text)")
+    p.add_argument("--encoding-fallback", default=None, metavar="CODEC",
+                   help="--text: decode invalid UTF-8 with CODEC (e.g. latin-1) instead of rejecting the file")
     p.add_argument("--scheme", choices=SCHEMES, default="geometric")
     p.add_argument("--blocks", type=int, default=2000, help="blocks to mask (the text is reused if shorter)")
     p.add_argument("--seed", type=int, default=0)
@@ -74,28 +101,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _from_text(
-    vocab: Path, paths: Sequence[Path], n_blocks: int, cfg: MaskingConfig
-) -> tuple[list[TextBlock], int, dict[str, int], np.ndarray]:
-    from contract.tokenizer import Vocabulary, wordpiece_from_vocab
-    from masking.corpus import annotate, load_spacy, text_blocks
+    vocab: Path, paths: Sequence[Path], n_blocks: int, cfg: MaskingConfig, encoding_fallback: str | None = None
+) -> Source:
+    from contract.annotate import load_nlp
+    from contract.tokenizer import wordpiece_from_vocab
+    from masking.corpus import annotate, text_blocks
 
     tok = wordpiece_from_vocab(vocab)
-    blocks, texts = text_blocks(tok, paths, max_blocks=n_blocks)
-    if cfg.spans_from_annotation:
-        annotate(blocks, texts, load_spacy())
+    rejected: list[RejectedText] = []
+    blocks, texts = text_blocks(tok, paths, max_blocks=n_blocks, encoding_fallback=encoding_fallback, rejected=rejected)
+    if cfg.spans_from_annotation and blocks:
+        annotate(blocks, texts, load_nlp())
     vocab_size = tok.get_vocab_size()
     ids = [b.input_ids for b in blocks]
     unigram = np.bincount(np.concatenate(ids), minlength=vocab_size) if ids else np.ones(vocab_size)
-    sp = Vocabulary.of(tok)
-    return (
-        blocks,
-        vocab_size,
-        {"pad": sp.pad, "unk": sp.unk, "cls": sp.cls, "sep": sp.sep, "mask": sp.mask},
-        unigram,
-    )
+    return Source(blocks, Vocabulary.of(tok, vocab), unigram, rejected)
 
 
-def _from_shards(directory: Path, n_blocks: int) -> tuple[list[TextBlock], int, dict[str, int], np.ndarray]:
+def _from_shards(directory: Path, n_blocks: int) -> Source:
     from contract.schema import open_checked, read_manifest
     from contract.tokenizer import read_vocabulary
 
@@ -131,9 +154,10 @@ def _from_shards(directory: Path, n_blocks: int) -> tuple[list[TextBlock], int, 
                 break
         if len(blocks) >= n_blocks:
             break
-    sp = read_vocabulary(man.tokenizer_path)  # the manifest names either a vocab.txt or a tokenizer.json
-    specials = {"pad": sp.pad, "unk": sp.unk, "cls": sp.cls, "sep": sp.sep, "mask": sp.mask}
-    return blocks, man.vocab_size, specials, man.unigram_counts()
+    vocab = read_vocabulary(man.tokenizer_path)  # the manifest names either a vocab.txt or a tokenizer.json
+    if vocab.size != man.vocab_size:
+        raise ValueError(f"{man.tokenizer_path}: {vocab.size} tokens, {directory}/manifest.json says {man.vocab_size}")
+    return Source(blocks, vocab, man.unigram_counts())
 
 
 def measure(masker: Masker, blocks: Sequence[TextBlock], n_blocks: int, epoch: int = 0) -> dict[str, Any]:
@@ -242,6 +266,9 @@ def format_table(r: dict[str, Any]) -> str:
         ]
     if "given_span_fraction" in r:
         lines.append(f"from given spans       {r['given_span_fraction']:.4f}")
+    if r.get("rejected_files"):
+        lines.append(f"rejected files         {r['rejected_files']}: "
+                     + ", ".join(f"{path} ({why})" for path, why in r["rejected"].items()))
     lines.append("")
     lines.append(f"{'ℓ':>3} {'paper P':>8} {'sampled':>8} {'merged (words)':>15} {'merged (pieces)':>16}")
     top = max(int(k) for k in (r["span_length_words_hist"] or {"1": 0}))

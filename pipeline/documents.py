@@ -5,8 +5,8 @@ vocabulary trainer and the tests share one implementation.
 
 Framing (`frame_*`) only finds document boundaries in a binary stream and yields `RawDocument`s
 holding undecoded bytes: a bad byte must reject one document, never kill a reader.
-`clean_document` then decodes, parses and cleans one `RawDocument` into a `Document` or a
-`Rejection` (the dead-letter record).
+`clean_document` then decodes (`contract.text`: the rule every text reader shares), parses and cleans
+one `RawDocument` into a `Document` or a `Rejection` (the dead-letter record).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from contract.annotate import Annotation
+from contract.text import INVALID_UTF8, decode
+
 FORMATS = ("wikiextractor", "text", "jsonl")
 
 
@@ -28,15 +31,6 @@ class RawDocument:
     data: bytes
     kind: str  # "wiki" (WikiExtractor <doc> body), "json" (one JSON object), "text" (a whole file)
     offset: int = 0  # byte offset of the document in its file (for dead-letter details)
-
-
-@dataclass(frozen=True)
-class Annotation:
-    """spaCy output for one document, in character offsets of `Document.text`."""
-
-    sentence_starts: list[int]
-    entities: list[tuple[int, int, str]]
-    noun_chunks: list[tuple[int, int]]
 
 
 @dataclass
@@ -172,17 +166,6 @@ _PG_END_LINE = re.compile(r"^\s*End of (?:the )?Project Gutenberg'?s? .*$", re.I
 _PG_PRODUCED = re.compile(r"\A\s*Produced by .*?(?:\n\s*\n|\Z)", re.S)
 
 
-def decode(data: bytes, fallback: str | None) -> tuple[str | None, str, bool]:
-    """(text, error detail, used_fallback). text is None when the bytes are not UTF-8 and no fallback."""
-    try:
-        return data.decode("utf-8"), "", False
-    except UnicodeDecodeError as e:
-        detail = f"invalid UTF-8 at byte {e.start}: {data[e.start : e.start + 4]!r}"
-        if fallback is None:
-            return None, detail, False
-        return data.decode(fallback, errors="replace"), detail, True
-
-
 def strip_gutenberg(text: str) -> tuple[str, bool]:
     """Text between the Project Gutenberg START/END markers, without the credits and end line."""
     start, end = _PG_START.search(text), _PG_END.search(text)
@@ -205,11 +188,12 @@ def strip_markup(text: str) -> tuple[str, bool]:
 
 def clean_document(raw: RawDocument, opts: CleanOptions) -> Document | Rejection:
     flags: dict[str, int] = {}
-    text, detail, fell_back = decode(raw.data, opts.encoding_fallback)
-    if text is None:
-        return Rejection(raw.source, raw.doc_id, "invalid_utf8", detail)
-    if fell_back:
+    decoded = decode(raw.data, opts.encoding_fallback)
+    if decoded.text is None:
+        return Rejection(raw.source, raw.doc_id, INVALID_UTF8, decoded.detail)
+    if decoded.fell_back:
         flags["decoded_with_fallback"] = 1
+    text = decoded.text
     doc_id = raw.doc_id
     if raw.kind == "json":
         parsed = _parse_json(raw, text, opts)

@@ -19,6 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from contract.blocks import cut_blocks
+from contract.tokenizer import word_starts
 
 # The cheap sentence rule (used with --no-annotate; spaCy's sentences replace it otherwise):
 # a sentence starts at the beginning of a paragraph (after a blank line) or after ". ", "! ", "? "
@@ -121,7 +122,7 @@ def encode_segmented(
             ws = all_ws[lo:hi]
         else:
             segs = encs[k : k + n_seg]
-            ws = np.concatenate([_word_start(e.word_ids) for e in segs]) if segs else np.zeros(0, bool)
+            ws = np.concatenate([word_starts(e.word_ids) for e in segs]) if segs else np.zeros(0, bool)
         ss = np.zeros(len(ids), dtype=bool)
         seg_first = (np.cumsum(lengths) - lengths)[lengths > 0]
         ss[seg_first] = True
@@ -135,13 +136,6 @@ def encode_segmented(
         k += n_seg
         out.append((ids, ws, ss, offs))
     return out
-
-
-def _word_start(word_ids: list[int | None]) -> np.ndarray:
-    w = np.asarray([-1 if x is None else x for x in word_ids], dtype=np.int64)
-    ws = np.ones(len(w), dtype=bool)
-    ws[1:] = w[1:] != w[:-1]
-    return ws
 
 
 @dataclass

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from contract.cli import run_main
-from contract.schema import Manifest, ShardError, hash_problems, open_checked, open_shard, read_manifest
+from contract.schema import (
+    Manifest,
+    ShardError,
+    hash_problems,
+    open_checked,
+    open_shard,
+    read_manifest,
+    summarize,
+)
 from contract.tokenizer import load_tokenizer
 
 
@@ -64,23 +72,6 @@ def mark_spans(tokens: list[str], entities: list[dict[str, Any]], noun_phrases: 
     return "".join(out)
 
 
-def describe(manifest: Manifest) -> str:
-    """The manifest's accounting, one line per shard (reads no shard)."""
-    raw, t = manifest.raw, manifest.raw["totals"]
-    lines = [
-        f"{manifest.directory}: format {raw['format_version']}, block size {raw['block_size']}, "
-        f"annotated {raw.get('annotated')}, vocab {manifest.vocab_size} ({manifest.vocab_sha256[:12]}…)",
-        f"documents read {t.get('documents_read')} = written {t.get('documents_written')} + rejected "
-        f"{t.get('documents_rejected')}; blocks {t['blocks']}, tokens {t['tokens']}, words {t.get('words')}",
-    ]
-    lines += [f"  rejected {k}: {v}" for k, v in sorted(raw.get("rejections", {}).items())]
-    lines += [f"  cleaned {k}: {v}" for k, v in raw.get("cleaning", {}).items() if v]
-    lines += [f"  {k}: {v}" for k, v in raw.get("spans", {}).items() if v]
-    for s in raw["shards"]:
-        lines.append(f"  {s['file']}: {s['rows']} rows, {s['tokens']} tokens, sha256 {s['sha256'][:16]}…")
-    return "\n".join(lines)
-
-
 def sample(manifest: Manifest, shard: int, row: int) -> str:
     """One decoded block with its spans marked (only ever called on a shard that verified)."""
     table = open_shard(manifest.shard_paths[shard])
@@ -107,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = len(manifest.raw["shards"])
     if not 0 <= args.shard < n:
         p.error(f"--shard {args.shard}: the manifest lists {n} shards")
-    print(describe(manifest))
+    print(summarize(manifest.raw, str(manifest.directory)))
     problems = _problems(manifest)  # every mismatch, before anything decodes a shard
     for where, why in problems.items():
         print(f"MISMATCH {where}: {why}", file=sys.stderr)

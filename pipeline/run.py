@@ -21,9 +21,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE
+from contract.annotate import CHUNK_CHARS, EXCLUDE, MODEL
+from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE, summarize
 from contract.tokenizer import load_tokenizer, vocab_list, vocab_sha256
-from pipeline.annotate import CHUNK_CHARS, EXCLUDE, MODEL
 from pipeline.documents import FORMATS, CleanOptions
 from pipeline.io import (
     SPLIT_BYTES,
@@ -150,7 +150,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     _close_client(p.result)
     manifest = json.loads(read_text(join(args.output, MANIFEST)))
-    print(summary(manifest))
+    print(summarize(manifest, args.output))
     return manifest
 
 
@@ -201,23 +201,6 @@ def _local_runner() -> beam.runners.PipelineRunner:
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     return FnApiRunner()
-
-
-def summary(manifest: dict[str, Any]) -> str:
-    t = manifest["totals"]
-    lines = [
-        f"documents_read {t['documents_read']} = written {t['documents_written']} + rejected {t['documents_rejected']}",
-        f"blocks {t['blocks']}  tokens {t['tokens']}  words {t['words']}  shards {len(manifest['shards'])}",
-    ]
-    lines += [f"  rejected {reason}: {n}" for reason, n in sorted(manifest["rejections"].items())]
-    lines += [f"  cleaned {k}: {v}" for k, v in manifest["cleaning"].items() if v]
-    sp = manifest["spans"]
-    if manifest["annotated"]:
-        lines.append(
-            f"  spans: {sp['entity_spans']} entities, {sp['noun_phrase_spans']} noun phrases; dropped at block"
-            f" edges {sp['entity_spans_dropped_at_block_edge']} / {sp['noun_phrase_spans_dropped_at_block_edge']}"
-        )
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,7 +76,7 @@ class _CleanFn(beam.DoFn):
 # each, so a long-lived worker keeps only the current job's model.
 @functools.lru_cache(maxsize=1)
 def _process_nlp(model: str) -> Any:
-    from pipeline.annotate import load_nlp
+    from contract.annotate import load_nlp
 
     return load_nlp(model)
 
@@ -102,7 +102,7 @@ class _AnnotateFn(beam.DoFn):
         self.nlp = _process_nlp(self.model)
 
     def process(self, batch: list[Document]) -> Iterator[Any]:
-        from pipeline.annotate import annotate
+        from contract.annotate import annotate
 
         anns = annotate(self.nlp, [d.text for d in batch], self.chunk_chars, self.batch_size)
         yield count("entities_found", sum(len(a.entities) for a in anns))

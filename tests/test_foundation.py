@@ -77,3 +77,40 @@ def test_blocks_prefer_sentence_ends():
     sentence_start = np.zeros(300, dtype=bool)
     sentence_start[::30] = True
     assert cut_blocks(word_start, sentence_start, 100) == [(0, 90), (90, 180), (180, 270), (270, 300)]
+
+
+def test_masking_stats_rejects_what_the_pipeline_rejects(tmp_path):
+    """masking.stats decodes text by the pipeline's rule (contract.text): the Latin-1 book is rejected with the
+    pipeline's reason, reported on stderr and in the JSON, and never silently decoded."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.documents import CleanOptions, RawDocument, clean_document
+    from tests.conftest import GUTENBERG, REPO, VOCAB
+
+    latin1, good = GUTENBERG / "chesterton-ball.txt", GUTENBERG / "blake-poems.txt"
+    data = latin1.read_bytes()
+    first_high = next(i for i, b in enumerate(data) if b >= 0x80)  # the book's non-ASCII bytes are Latin-1 singles
+    dead = clean_document(RawDocument("b", "b", data, "text"), CleanOptions())
+    assert (dead.reason, dead.detail.split(":")[0]) == ("invalid_utf8", f"invalid UTF-8 at byte {first_high}")
+
+    def stats(*paths, extra=()):
+        return subprocess.run(
+            [sys.executable, "-m", "masking.stats", "--vocab", str(VOCAB), "--blocks", "8", "--json",
+             "--scheme", "subword", "--text", *map(str, paths), *extra],
+            cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    mixed, alone = stats(latin1, good), stats(good)
+    assert mixed.returncode == 0 and alone.returncode == 0, mixed.stderr + alone.stderr
+    assert mixed.stderr.strip() == f"rejected {latin1}: {dead.reason} ({dead.detail})"
+    report, reference = json.loads(mixed.stdout), json.loads(alone.stdout)
+    assert (report.pop("rejected"), report.pop("rejected_files")) == ({str(latin1): "invalid_utf8"}, 1)
+    assert (reference.pop("rejected"), reference.pop("rejected_files")) == ({}, 0)
+    assert report == reference  # the rejected book contributed nothing
+    only_bad = stats(latin1)
+    assert only_bad.returncode == 2
+    assert only_bad.stderr.strip() == f"error: {latin1}: {dead.reason} ({dead.detail})"
+    fallback = stats(latin1, extra=("--encoding-fallback", "latin-1"))
+    assert fallback.returncode == 0 and json.loads(fallback.stdout)["rejected_files"] == 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contract.annotate import load_nlp
 from contract.tokenizer import Vocabulary
 from masking import Masker, MaskingConfig
-from masking.corpus import TextBlock, annotate, load_spacy, text_blocks
+from masking.corpus import TextBlock, annotate, text_blocks
 from tests.conftest import GUTENBERG, WIKI_EXTRACTED
 
 
@@ -24,9 +25,10 @@ def wiki_blocks(tokenizer) -> list[TextBlock]:
 
 @pytest.fixture(scope="session")
 def book_blocks(tokenizer) -> list[TextBlock]:
-    # chesterton-ball.txt is Latin-1 (invalid UTF-8): exercises the fallback decoding too.
+    # chesterton-ball.txt is Latin-1 (invalid UTF-8): exercises the fallback decoding too (as the
+    # pipeline's --encoding-fallback latin-1; without it the file is rejected).
     paths = [GUTENBERG / "chesterton-ball.txt", GUTENBERG / "carroll-alice.txt"]
-    blocks, _ = text_blocks(tokenizer, paths, max_chars=150_000)
+    blocks, _ = text_blocks(tokenizer, paths, max_chars=150_000, encoding_fallback="latin-1")
     return blocks
 
 
@@ -39,7 +41,7 @@ def real_blocks(wiki_blocks, book_blocks) -> list[TextBlock]:
 def annotated_blocks(tokenizer) -> list[TextBlock]:
     """A few Wikipedia blocks with spaCy entity mentions and noun chunks, aligned to pieces."""
     blocks, texts = text_blocks(tokenizer, [WIKI_EXTRACTED], max_blocks=10)
-    annotate(blocks, texts, load_spacy())
+    annotate(blocks, texts, load_nlp())
     return blocks
 
 

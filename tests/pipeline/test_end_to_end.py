@@ -249,7 +249,7 @@ def test_encoding_fallback_decodes_instead(tmp_path: Path, bad_corpus, tokenizer
 
 
 def test_entity_spans_decode_to_entity_text(annotated_run: Run, wiki_slice: Path, tokenizer) -> None:
-    from pipeline.annotate import load_nlp
+    from contract.annotate import load_nlp
 
     assert annotated_run.manifest["annotated"] is True
     texts = _reference_docs([("wikiextractor", str(wiki_slice))], CleanOptions())

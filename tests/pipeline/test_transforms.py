@@ -1,5 +1,6 @@
-"""Each composite of pipeline/transforms.py in a Beam TestPipeline, checked with assert_that against
-hand-worked cases or a plain recomputation (the tokenizer on the whole text, blake2b by hand)."""
+"""Each composite of pipeline/transforms.py and pipeline/io.py in a Beam TestPipeline, checked with
+assert_that against hand-worked cases or a plain recomputation (the tokenizer on the whole text, blake2b
+by hand, the written files read back with pyarrow / json)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.documents import Annotation, CleanOptions, Document, RawDocument
-from pipeline.encode import EncodedDoc
+from contract.annotate import Annotation
+from contract.schema import open_shard, shard_name
+from pipeline.documents import CleanOptions, Document, RawDocument, Rejection
+from pipeline.encode import BlockRows, EncodedDoc
+from pipeline.io import ReadDocuments, WriteManifest, WriteShards, match_inputs, parse_input, plan_ranges
 from pipeline.transforms import (
     DEAD_LETTER,
     MAIN,
@@ -154,3 +158,83 @@ def test_side_collections_carry_only_their_own_elements(tag: str) -> None:
         out = p | beam.Create(raws) | CleanDocuments(CleanOptions())
         kinds = out[tag] | beam.Map(lambda x: "stat" if isinstance(x, tuple) else type(x).__name__)
         assert_that(kinds | beam.Distinct(), equal_to(["stat"] if tag == STATS else ["Rejection"]))
+
+
+def test_read_documents_yields_every_document_of_every_range_once(tmp_path) -> None:
+    articles = [f'<doc id="{i}" url="u" title="T{i}">\nArticle {i} body. {"x" * (40 * (6 - i))}\n</doc>\n' for i in range(1, 6)]
+    (tmp_path / "wiki.txt").write_text("".join(articles), encoding="utf-8")
+    (tmp_path / "book.txt").write_text("A whole book.", encoding="utf-8")
+    matched = match_inputs([parse_input(f"{tmp_path}/wiki.txt", "wikiextractor"), parse_input(f"text:{tmp_path}/book.txt", "x")])
+    ranges = plan_ranges(matched, split_bytes=64)  # the WikiExtractor file in several ranges, the book in one
+    assert len(ranges) > 4
+    d = tmp_path.name  # sources are named from the directory that holds the glob
+    with _pipeline() as p:
+        docs = p | ReadDocuments(ranges)
+        assert_that(docs | beam.Map(lambda d: (d.doc_id, d.data)),
+                    equal_to([(f"{d}/wiki.txt#{i}", a.split(">", 1)[1].lstrip("\n").removesuffix("</doc>\n").encode())
+                              for i, a in enumerate(articles, 1)] + [(f"{d}/book.txt", b"A whole book.")]))
+
+
+def _rows(doc_id: str, *blocks: list[int]) -> BlockRows:
+    return BlockRows(doc_id, [np.array(b, np.int32) for b in blocks], [np.ones(len(b), bool) for b in blocks],
+                     [[(0, 1, "PERSON")] if i == 0 else [] for i in range(len(blocks))], [[] for _ in blocks])
+
+
+def test_write_shards_writes_every_shard_and_reports_what_it_wrote(tmp_path) -> None:
+    keyed = [(0, _rows("d#b", [5, 6, 7], [8])), (0, _rows("d#a", [9])), (2, _rows("d#c", [5, 5]))]
+    with _pipeline() as p:
+        infos = p | beam.Create(keyed) | WriteShards(str(tmp_path), num_shards=3, vocab_size=10)
+
+        def check(got: list[dict]) -> None:
+            assert sorted(i["index"] for i in got) == [0, 1, 2]  # the empty shard 1 too
+            for info in got:
+                data = (tmp_path / info["file"]).read_bytes()
+                assert info["file"] == shard_name(info["index"], 3)
+                assert (info["bytes"], info["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+                table = open_shard(tmp_path / info["file"])
+                ids = [x for row in table.column("input_ids").to_pylist() for x in row]
+                assert (info["rows"], info["tokens"]) == (table.num_rows, len(ids))
+                assert info["unigram"].tolist() == np.bincount(np.array(ids, int), minlength=10).tolist()
+            rows = open_shard(tmp_path / shard_name(0, 3)).to_pylist()
+            # documents sorted by doc_id, blocks in order, spans kept
+            assert [(r["doc_id"], r["block_index"], r["num_blocks"], r["input_ids"]) for r in rows] == [
+                ("d#a", 0, 1, [9]), ("d#b", 0, 2, [5, 6, 7]), ("d#b", 1, 2, [8])]
+            assert rows[1]["entity_spans"] == [{"start": 0, "end": 1, "label": "PERSON"}]
+
+        assert_that(infos, check)
+
+
+def _shard_info(index: int, rows: int, unigram: list[int]) -> dict:
+    return {"index": index, "file": shard_name(index, 2), "rows": rows, "tokens": sum(unigram), "bytes": 1,
+            "sha256": "0" * 64, "unigram": np.array(unigram, np.int64)}
+
+
+def test_write_manifest_writes_the_side_files_and_the_manifest_last(tmp_path) -> None:
+    import json
+
+    base = {"block_size": 8, "tokenizer": {"vocab_size": 3, "vocab_sha256": "s", "file": "tokenizer.json"}}
+    shards = [_shard_info(1, 1, [0, 2, 1]), _shard_info(0, 2, [1, 1, 0])]
+    stats = [("documents_read", 3), ("documents_written", 2), ("documents_read", 1), ("documents_rejected", 2),
+             ("rejected.invalid_utf8", 2), ("blocks", 3), ("tokens", 5), ("words", 4)]
+    dead = [Rejection("b", "b#2", "invalid_utf8", "x"), Rejection("a", "a#1", "invalid_utf8", "y")]
+    with _pipeline() as p:
+        inputs = (p | "S" >> beam.Create(shards), p | "T" >> beam.Create(stats), p | "D" >> beam.Create(dead))
+        manifest = inputs | WriteManifest(str(tmp_path), base, "[PAD]\na\nb\n", '{"t": 1}')
+        assert_that(manifest | beam.Map(lambda m: (m["totals"], [s["file"] for s in m["shards"]], m["rejections"])),
+                    equal_to([({"documents_read": 4, "documents_written": 2, "documents_rejected": 2, "blocks": 3,
+                                "tokens": 5, "words": 4}, [shard_name(0, 2), shard_name(1, 2)], {"invalid_utf8": 2})]))
+    written = json.loads((tmp_path / "manifest.json").read_text())
+    assert written["totals"]["documents_read"] == 4 and written["block_size"] == 8
+    assert np.load(tmp_path / "unigram_counts.npy").tolist() == [1, 3, 1]
+    assert (tmp_path / "dead_letter.jsonl").read_text().splitlines() == sorted(r.to_json() for r in dead)
+    assert (tmp_path / "vocab.txt").read_text() == "[PAD]\na\nb\n" and (tmp_path / "tokenizer.json").read_text() == '{"t": 1}'
+
+
+def test_write_manifest_refuses_unaccounted_documents(tmp_path) -> None:
+    base = {"block_size": 8, "tokenizer": {"vocab_size": 3}}
+    with pytest.raises(RuntimeError, match="documents_read 3 != written 2 \\+ rejected 0"), _pipeline() as p:
+        inputs = (p | "S" >> beam.Create([_shard_info(0, 1, [1, 0, 0])]),
+                  p | "T" >> beam.Create([("documents_read", 3), ("documents_written", 2), ("blocks", 1), ("tokens", 1)]),
+                  p | "D" >> beam.Create([]))
+        _ = inputs | WriteManifest(str(tmp_path), base, "", "")
+    assert not (tmp_path / "manifest.json").exists()

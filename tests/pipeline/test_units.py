@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.annotate import chunk_starts
+from contract.annotate import chunk_starts
 from pipeline.documents import (
     CleanOptions,
     Document,
@@ -179,8 +179,9 @@ def test_clean_documents_composite_routes_dead_letters() -> None:
         )
 
 
-def test_vocab_trainer_and_tokenizer_json_input(tmp_path: Path) -> None:
+def test_vocab_trainer_and_tokenizer_json_input(tmp_path: Path, capsys) -> None:
     from contract.tokenizer import Vocabulary, load_tokenizer
+    from pipeline.inspect import main as inspect_main
     from pipeline.inspect import verify
     from pipeline.run import run
     from pipeline.vocab import main
@@ -192,10 +193,50 @@ def test_vocab_trainer_and_tokenizer_json_input(tmp_path: Path) -> None:
     ids = Vocabulary.of(tok)
     assert (ids.pad, ids.unk, ids.cls, ids.sep, ids.mask) == (0, 100, 101, 102, 103)
     assert tok.get_vocab_size() <= 2000 and tok.token_to_id("##s") is not None
+    capsys.readouterr()
     manifest = run(["--input", str(text), "--tokenizer", str(tmp_path / "v" / "tokenizer.json"),
                     "--output", str(tmp_path / "out"), "--no-annotate", "--num-shards", "1"])
     assert manifest["tokenizer"]["vocab_size"] == tok.get_vocab_size()
     assert manifest["totals"]["documents_written"] == 2 and verify(tmp_path / "out") == []
+    # One manifest summary: the pipeline prints it when done, inspect prints the same before verifying.
+    printed = capsys.readouterr().out
+    (shard,) = manifest["shards"]
+    assert f"documents read 2 = written 2 + rejected 0; blocks {manifest['totals']['blocks']}" in printed
+    assert f"  {shard['file']}: {shard['rows']} rows, {shard['tokens']} tokens, sha256 {shard['sha256'][:16]}" in printed
+    assert inspect_main([str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.startswith(printed)
+
+
+def test_learn_vocab_hand_worked_merges_and_tie_break() -> None:
+    from pipeline.vocab import learn_vocab
+
+    # a b c, then ##b ##c (continuations seen); pairs (a,##b)=5 (a,##b)(##b,##c)=2: "ab" first, then "abc".
+    assert learn_vocab({"ab": 3, "abc": 2, "c": 1}, 100, 2, ["[UNK]"]) == [
+        "[UNK]", "a", "b", "c", "##b", "##c", "ab", "abc"]
+    # A tie (both pairs count 2): the smaller pair of ids, (a=1, ##b=5) before (c=3, ##d=6), whatever the order
+    # of the words; the budget of 8 leaves room for one merge only.
+    for counts in ({"ab": 2, "cd": 2}, {"cd": 2, "ab": 2}):
+        assert learn_vocab(counts, 8, 2, ["[UNK]"]) == ["[UNK]", "a", "b", "c", "d", "##b", "##d", "ab"]
+    assert learn_vocab({"ab": 2, "cd": 2}, 100, 3, ["[UNK]"])[-1] == "##d"  # below min_frequency: no merge
+
+
+def test_vocab_is_the_same_in_every_process(tmp_path: Path) -> None:
+    """`tokenizers`' own trainer broke count ties in hash-map order: another vocabulary in every process."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    text = tmp_path / "wiki.txt"
+    text.write_bytes(b"</doc>\n".join(WIKI_EXTRACTED.read_bytes().split(b"</doc>\n")[:2]) + b"</doc>\n")
+    digests = set()
+    for seed in ("1", "2"):
+        out = tmp_path / f"v{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        subprocess.run([sys.executable, "-m", "pipeline.vocab", "--input", str(text), "--output", str(out),
+                        "--vocab-size", "1500"], check=True, env=env, capture_output=True)
+        digests.add(tuple(hashlib.sha256((out / f).read_bytes()).hexdigest() for f in ("vocab.txt", "tokenizer.json")))
+    assert len(digests) == 1
 
 
 def test_local_defaults_parallelise_only_annotation() -> None:

@@ -1,6 +1,7 @@
-"""Shard directories for the trainer, HF and e2e tests: `python -m pipeline` (its API) on real text.
-
-Kept as a module so existing tests keep their import; there is no shard writer here, only the call.
+"""`write_shards`: a small real shard directory for the trainer, HF, finetune and e2e tests and
+bench/bench_trainer.py, written by the pipeline itself (`tests.conftest.build_shards`, i.e.
+`pipeline.run.run`) over `tests.conftest.sample_corpus` (the first Wikipedia articles and chapters of
+Alice, each cut to `max_chars`), so every reader is tested on what `python -m pipeline` writes.
 """
 
 from __future__ import annotations

