@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from masking import Masker, MaskingConfig
+from masking import Masker
 from pipeline.schema import Manifest, ShardError, open_checked, read_manifest
 from pipeline.tokenizer import load_tokenizer, special_ids
 from trainer.config import DataConfig
@@ -273,7 +273,7 @@ class BlockStream(IterableDataset):
 
     def _spans_in(self, row: int, lo: int, hi: int, shift: int) -> dict:
         """The row's annotation spans the scheme needs that lie wholly inside [lo, hi), moved by `shift`."""
-        column = {"named_entity": "entity_spans", "noun_phrase": "noun_phrase_spans"}.get(self.cfg.scheme)
+        column = {"named_entity": "entity_spans", "noun_phrase": "noun_phrase_spans"}.get(self.cfg.masking.scheme)
         if column is None:
             return {}
         spans, labels = self.shards.spans(row, column)
@@ -316,18 +316,8 @@ class BlockStream(IterableDataset):
         }
 
 
-def masking_config(cfg: DataConfig, max_sbo_targets: int, seed: int) -> MaskingConfig:
-    """The run's masking parameters, validated by masking.MaskingConfig (a bad one fails here, at once)."""
-    return MaskingConfig(
-        scheme=cfg.scheme, mask_ratio=cfg.mask_ratio, geometric_p=cfg.geometric_p, max_span_words=cfg.max_span_words,
-        mask_prob=cfg.mask_prob, random_prob=cfg.random_prob, linguistic_share=cfg.linguistic_share,
-        excluded_entity_labels=cfg.excluded_entity_labels, max_sbo_targets=max_sbo_targets,
-        sbo_edge_spans=cfg.sbo_edge_spans, seed=seed,
-    )
-
-
 def build_masker(cfg: DataConfig, vocab: Vocab, unigram_counts: np.ndarray | None, max_sbo_targets: int, seed: int):
-    mcfg = masking_config(cfg, max_sbo_targets, seed)
+    mcfg = cfg.masking_for(seed=seed, max_sbo_targets=max_sbo_targets)
     return Masker(mcfg, vocab_size=vocab.size, mask_id=vocab.mask, special_ids=vocab.specials, unigram_counts=unigram_counts)
 
 
@@ -346,7 +336,7 @@ def collate_blocks(parts: list[dict], masker, vocab: Vocab, cfg: DataConfig, max
     seq_len = min(_round_up(max(len(s["ids"]) for s in seqs), cfg.pad_to_multiple), max_len)
     most = max(len(s["mlm_pos"]) for s in seqs)
     # Fixed slot count per padded length (static shapes per bucket), grown only if a scheme overshoots.
-    slots = _round_up(max(math.ceil(cfg.mask_ratio * seq_len), most, 1), 8)
+    slots = _round_up(max(math.ceil(cfg.masking.mask_ratio * seq_len), most, 1), 8)
     out = {
         "input_ids": np.full((b, seq_len), vocab.pad, np.int64),
         "mlm_positions": np.zeros((b, slots), np.int64),

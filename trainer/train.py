@@ -264,7 +264,7 @@ def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_
     # counted there; the stop flag, the counters and the metrics are read every log_every steps, at the
     # same step on every rank (one sync per log_every steps).
     peak = _peak_flops(d.device)
-    mask_ratio = cfg.data.mask_ratio
+    mask_ratio = cfg.data.masking.mask_ratio
     nonfinite = torch.tensor([float(nonfinite_total), 0.0, 0.0], device=d.device)  # total, in a row, worst in a row
     window, first_step = _Window(), step
     progress = log.progress(step, tc.max_steps)

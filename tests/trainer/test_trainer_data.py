@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from masking import MaskingConfig
 from trainer.config import DataConfig
 from trainer.data import IS_NEXT, NOT_NEXT, BlockStream, build_loader
 from trainer.model import IGNORE
 
 
-def _stream(shard_dir, rank=0, world=1, start=0, **data) -> BlockStream:
-    cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, **data})
+def _stream(shard_dir, rank=0, world=1, start=0, scheme="geometric", **data) -> BlockStream:
+    cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, "masking": MaskingConfig(scheme=scheme), **data})
     return BlockStream(shard_dir, cfg, max_len=64, max_sbo_targets=15, seed=7, rank=rank, world=world, start=start)
 
 
