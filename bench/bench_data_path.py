@@ -65,9 +65,9 @@ def shard_memory(shards: str, multiple: int) -> None:
     """Child: write one shard holding `multiple` copies of the largest shard's documents; print RSS."""
     import numpy as np
 
+    from contract.schema import open_shard, read_manifest
     from pipeline.encode import BlockRows
     from pipeline.io import _WriteShardFn
-    from pipeline.schema import open_shard, read_manifest
 
     m = read_manifest(shards)
     table = max((open_shard(p) for p in m.shard_paths), key=lambda t: t.num_rows)

@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 import numpy as np  # noqa: E402
 
+from contract.tokenizer import Vocabulary, wordpiece_from_vocab  # noqa: E402
 from masking import SCHEMES, Masker, MaskingConfig  # noqa: E402
 from masking.corpus import TextBlock, annotate, load_spacy, text_blocks  # noqa: E402
-from pipeline.tokenizer import special_ids, wordpiece_from_vocab  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 VOCAB = SHARED / "vocab" / "bert-base-cased-vocab.txt"
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=1024)
     args = ap.parse_args()
     tok = wordpiece_from_vocab(VOCAB)
-    sp = special_ids(tok)
+    sp = Vocabulary.of(tok)
     blocks, texts = text_blocks(tok, [WIKI], max_blocks=args.blocks + 64)
     blocks = [b for b in blocks if len(b.input_ids) == 510][: args.blocks]
     annotated = blocks[:48]  # spaCy is slow (~8k words/s): annotate a few, reuse them cyclically
@@ -73,7 +73,7 @@ def main() -> None:
             MaskingConfig(scheme=scheme),
             vocab_size=tok.get_vocab_size(),
             mask_id=sp.mask,
-            special_ids=sp.all,
+            special_ids=sp.specials,
             unigram_counts=unigram,
         )
         pool = annotated if scheme in ("named_entity", "noun_phrase") else blocks

@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from contract.tokenizer import wordpiece_from_vocab
 from pipeline.annotate import load_nlp
 from pipeline.documents import FRAMERS, CleanOptions, Document, clean_document
 from pipeline.io import source_base
 from pipeline.run import run
-from pipeline.tokenizer import wordpiece_from_vocab
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VOCAB = DATA / "vocab" / "bert-base-cased-vocab.txt"

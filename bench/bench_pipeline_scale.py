@@ -221,8 +221,8 @@ def run_spacy(wiki_slice: Path, batch_size: int) -> Measure:
 def child_bare(jsonl1: str, copies: str) -> None:
     import numpy as np
 
+    from contract.tokenizer import wordpiece_from_vocab
     from pipeline.encode import continuation_table
-    from pipeline.tokenizer import wordpiece_from_vocab
 
     texts = [json.loads(line)["text"] for line in open(jsonl1, encoding="utf-8")]
     tok = wordpiece_from_vocab(VOCAB)

@@ -21,10 +21,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from contract.tokenizer import load_tokenizer  # noqa: E402
 from finetune.data import load_squad  # noqa: E402
 from finetune.features import FeatureConfig, build_features, collate  # noqa: E402
 from finetune.model import BertForQuestionAnswering, qa_loss  # noqa: E402
-from pipeline.tokenizer import load_tokenizer  # noqa: E402
 from trainer.config import ModelConfig  # noqa: E402
 from trainer.model import decay_groups  # noqa: E402
 
@@ -36,7 +36,7 @@ def feature_speed(squad: Path, vocab: Path, repeats: int) -> tuple[int, float]:
     """(questions, best seconds) for build_features(training=True) with the paper's 512 / 128 / 64."""
     torch.set_num_threads(1)
     data = load_squad(squad)
-    tok = load_tokenizer(vocab=vocab)
+    tok = load_tokenizer(vocab)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -52,7 +52,7 @@ def step_times(shape: str, batch: int, seq: int, steps: int, squad: Path, vocab:
 
     torch.set_num_threads(threads)
     layers, hidden, heads, ffn = SHAPES[shape]
-    tok = load_tokenizer(vocab=vocab)
+    tok = load_tokenizer(vocab)
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_layers=layers, num_heads=heads,
                       intermediate_size=ffn, use_sbo=False)
     data = load_squad(squad)

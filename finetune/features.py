@@ -18,8 +18,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from contract.tokenizer import Vocabulary
 from finetune.data import Question, SquadSet
-from pipeline.tokenizer import special_ids
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def answer_pieces(offsets: np.ndarray, start_char: int, end_char: int) -> tuple[
 
 def build_features(data: SquadSet, tok: Tokenizer, cfg: FeatureConfig, training: bool) -> Features:
     """Windows for every question (training: with start/end targets from the first answer)."""
-    ids = special_ids(tok)
+    ids = Vocabulary.of(tok)
     ctx_enc = tok.encode_batch(data.contexts, add_special_tokens=False)
     ctx_ids = [np.asarray(e.ids, dtype=np.int64) for e in ctx_enc]
     offsets = [np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) for e in ctx_enc]

@@ -17,19 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contract.tokenizer import Vocabulary, read_vocabulary
 from trainer import checkpoint
 from trainer.config import ModelConfig
 from trainer.export import locate_vocab, save_tokenizer
 from trainer.hf import (
     CONFIG_FILE,
     ENCODER_PREFIXES,
-    Vocabulary,
     check_vocab,
     find_vocab,
     hf_config_dict,
     load_hf_weights,
     model_config_from_hf,
-    read_vocab_file,
     save_weights,
 )
 from trainer.model import Bert, SpanBert
@@ -81,7 +80,7 @@ def load_pretrained(src: str | Path, vocab: str | None = None, data: str | None 
         vocab_path = Path(vocab) if vocab else find_vocab(src)
         if vocab_path is None:
             raise FileNotFoundError(f"{src}: no vocab.txt or tokenizer.json; pass --vocab")
-        v = read_vocab_file(vocab_path)
+        v = read_vocabulary(vocab_path)
         model = SpanBert(cfg)
         load_hf_weights(model, src, vocab_sha256=v.sha256)  # checks shape, vocabulary, every tensor
         state = {k: t for k, t in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from contract.tokenizer import Vocabulary, load_tokenizer
 from finetune.data import SquadSet, load_squad
 from finetune.decode import DecodeConfig, Decoded, decode
 from finetune.evaluate_squad import Scored, missing_note, score_v1, score_v2
@@ -41,7 +42,6 @@ from finetune.model import (
     load_pretrained,
     qa_loss,
 )
-from pipeline.tokenizer import load_tokenizer, special_ids
 from trainer.model import decay_groups
 from trainer.train import Dist, lr_factor, setup_dist, teardown_dist
 
@@ -107,7 +107,7 @@ def _run(cfg: FinetuneConfig, out: Path, d: Dist) -> dict[str, Any]:
     pre = load_pretrained(cfg.model, cfg.vocab, cfg.data)
     if pre.cfg.max_position < cfg.features.max_seq_length:
         raise ValueError(f"{cfg.model}: max_position {pre.cfg.max_position} < --max-seq-length {cfg.features.max_seq_length}")
-    tok = load_tokenizer(tokenizer_json=pre.vocab.path) if pre.vocab.path.suffix == ".json" else load_tokenizer(vocab=pre.vocab.path)
+    tok = load_tokenizer(pre.vocab.path)
     train_set = load_squad(cfg.train, cfg.version)
     dev_set = load_squad(cfg.dev, cfg.version or train_set.version)
     if dev_set.version != train_set.version:
@@ -127,7 +127,7 @@ def _run(cfg: FinetuneConfig, out: Path, d: Dist) -> dict[str, Any]:
              "vocab_sha256": pre.vocab.sha256, "model_config": dataclasses.asdict(pre.cfg),
              "train_windows": len(train_feats), "dev_windows": len(dev_feats)}, indent=2) + "\n", encoding="utf-8")
         (out / "metrics.jsonl").unlink(missing_ok=True)
-    pad = special_ids(tok).pad
+    pad = Vocabulary.of(tok).pad
     results: list[LrResult] = []
     for lr in cfg.lrs:
         model = build_model(pre, cfg.seed).to(d.device)

@@ -1,7 +1,7 @@
 """Real text -> bare 510-piece blocks (with optional spaCy spans), for `masking.stats`, tests and the bench.
 
-Each file is one document; blocks come from `pipeline.blocks.cut_blocks` without sentence
-information. Entity mentions and noun chunks come from `pipeline.annotate`, aligned with `pipeline.align`.
+Each file is one document; blocks come from `contract.blocks.cut_blocks` without sentence
+information. Entity mentions and noun chunks come from `pipeline.annotate`, aligned with `contract.align`.
 The tokenizer and spaCy are imported by the caller; this module only needs numpy.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.align import char_to_piece_spans
-from pipeline.blocks import cut_blocks
+from contract.align import char_to_piece_spans
+from contract.blocks import cut_blocks
 
 
 @dataclass

@@ -3,7 +3,7 @@
     python -m masking.stats --vocab ../shared/data/vocab/bert-base-cased-vocab.txt \\
         --text ../shared/data/wiki/enwiki-sample-extracted.txt --scheme geometric --blocks 2000 --seed 0 --json
 
-Blocks are 510 pieces (each file one document, `pipeline.blocks.cut_blocks`, no sentence
+Blocks are 510 pieces (each file one document, `contract.blocks.cut_blocks`, no sentence
 information). When the text has fewer blocks than --blocks, it is reused with fresh block indices
 (another draw of the masks, as in a later epoch). Random replacement tokens follow the unigram
 counts of the text itself (of the manifest with --shards).
@@ -76,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 def _from_text(
     vocab: Path, paths: Sequence[Path], n_blocks: int, cfg: MaskingConfig
 ) -> tuple[list[TextBlock], int, dict[str, int], np.ndarray]:
+    from contract.tokenizer import Vocabulary, wordpiece_from_vocab
     from masking.corpus import annotate, load_spacy, text_blocks
-    from pipeline.tokenizer import special_ids, wordpiece_from_vocab
 
     tok = wordpiece_from_vocab(vocab)
     blocks, texts = text_blocks(tok, paths, max_blocks=n_blocks)
@@ -86,7 +86,7 @@ def _from_text(
     vocab_size = tok.get_vocab_size()
     ids = [b.input_ids for b in blocks]
     unigram = np.bincount(np.concatenate(ids), minlength=vocab_size) if ids else np.ones(vocab_size)
-    sp = special_ids(tok)
+    sp = Vocabulary.of(tok)
     return (
         blocks,
         vocab_size,
@@ -96,8 +96,8 @@ def _from_text(
 
 
 def _from_shards(directory: Path, n_blocks: int) -> tuple[list[TextBlock], int, dict[str, int], np.ndarray]:
-    from pipeline.schema import open_checked, read_manifest
-    from pipeline.tokenizer import load_tokenizer, special_ids
+    from contract.schema import open_checked, read_manifest
+    from contract.tokenizer import read_vocabulary
 
     man = read_manifest(directory)
     blocks: list[TextBlock] = []
@@ -131,9 +131,7 @@ def _from_shards(directory: Path, n_blocks: int) -> tuple[list[TextBlock], int, 
                 break
         if len(blocks) >= n_blocks:
             break
-    tok_file = man.tokenizer_path  # the manifest names either a vocab.txt or a tokenizer.json
-    is_json = tok_file.suffix == ".json"
-    sp = special_ids(load_tokenizer(tokenizer_json=tok_file) if is_json else load_tokenizer(vocab=tok_file))
+    sp = read_vocabulary(man.tokenizer_path)  # the manifest names either a vocab.txt or a tokenizer.json
     specials = {"pad": sp.pad, "unk": sp.unk, "cls": sp.cls, "sep": sp.sep, "mask": sp.mask}
     return blocks, man.vocab_size, specials, man.unigram_counts()
 

@@ -18,7 +18,7 @@ from itertools import chain
 import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from pipeline.blocks import cut_blocks
+from contract.blocks import cut_blocks
 
 # The cheap sentence rule (used with --no-annotate; spaCy's sentences replace it otherwise):
 # a sentence starts at the beginning of a paragraph (after a blank line) or after ". ", "! ", "? "
@@ -146,7 +146,7 @@ def _word_start(word_ids: list[int | None]) -> np.ndarray:
 
 @dataclass
 class BlockRows:
-    """A document's blocks, ready for a shard (columns as in `pipeline.schema.BLOCK_SCHEMA`)."""
+    """A document's blocks, ready for a shard (columns as in `contract.schema.BLOCK_SCHEMA`)."""
 
     doc_id: str
     input_ids: list[np.ndarray]
@@ -160,7 +160,7 @@ class BlockRows:
 
 
 def to_blocks(doc: EncodedDoc, max_pieces: int, min_fill: float = 0.5) -> tuple[BlockRows, dict[str, int]]:
-    """Cut a document into blocks (pipeline.blocks rule) and move its spans into them.
+    """Cut a document into blocks (contract.blocks rule) and move its spans into them.
 
     A span is kept in the block that wholly contains it; one that crosses a block edge is dropped
     and counted (masking needs spans inside a block).

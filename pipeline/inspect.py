@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from contract.cli import run_main
-from pipeline.schema import Manifest, ShardError, hash_problems, open_checked, open_shard, read_manifest
-from pipeline.tokenizer import load_tokenizer
+from contract.schema import Manifest, ShardError, hash_problems, open_checked, open_shard, read_manifest
+from contract.tokenizer import load_tokenizer
 
 
 def verify(directory: Path) -> list[str]:
@@ -88,7 +88,7 @@ def sample(manifest: Manifest, shard: int, row: int) -> str:
         return f"sample: {manifest.shard_paths[shard].name} has no rows"
     r = table.slice(min(row, table.num_rows - 1), 1).to_pylist()[0]
     path = manifest.tokenizer_path
-    tok = load_tokenizer(tokenizer_json=path) if path.suffix == ".json" else load_tokenizer(vocab=path)
+    tok = load_tokenizer(path)
     tokens = [tok.id_to_token(i) for i in r["input_ids"]]
     return "\n".join([
         f"sample: {r['doc_id']} block {r['block_index'] + 1}/{r['num_blocks']}, {len(tokens)} pieces,"

@@ -27,9 +27,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.documents import FORMATS, FRAMERS, SPLITTABLE, RawDocument, Rejection
-from pipeline.encode import BlockRows
-from pipeline.schema import (
+from contract.schema import (
     BLOCK_SCHEMA,
     DEAD_LETTER,
     ENTITY_SPAN,
@@ -41,6 +39,8 @@ from pipeline.schema import (
     VOCAB_FILE,
     shard_name,
 )
+from pipeline.documents import FORMATS, FRAMERS, SPLITTABLE, RawDocument, Rejection
+from pipeline.encode import BlockRows
 
 SPLIT_BYTES = 64 << 20
 ROWS_PER_BATCH = 1024  # record batch size inside a shard (fixed, so bytes do not depend on runs)

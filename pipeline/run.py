@@ -21,6 +21,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE
+from contract.tokenizer import load_tokenizer, vocab_list, vocab_sha256
 from pipeline.annotate import CHUNK_CHARS, EXCLUDE, MODEL
 from pipeline.documents import FORMATS, CleanOptions
 from pipeline.io import (
@@ -35,8 +37,6 @@ from pipeline.io import (
     prepare_output,
     read_text,
 )
-from pipeline.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE
-from pipeline.tokenizer import load_tokenizer, vocab_list, vocab_sha256
 from pipeline.transforms import DEAD_LETTER, STATS, Preprocess
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
@@ -103,7 +103,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     matched = match_inputs(inputs)
     ranges = plan_ranges(matched, args.split_bytes)
     input_bytes = sum(m.size_in_bytes for _, metas in matched for m in metas)
-    tok = load_tokenizer(vocab=args.vocab) if args.vocab else load_tokenizer(tokenizer_json=args.tokenizer)
+    tok = load_tokenizer(args.vocab or args.tokenizer)
     vocab = vocab_list(tok)
     prepare_output(args.output, args.overwrite)
 

@@ -122,7 +122,7 @@ class _TokenizeFn(beam.DoFn):
         self.tok, self.continuation = _process_tokenizer(self.tokenizer_json)
 
     def process(self, batch: list[Document]) -> Iterator[Any]:
-        from pipeline.align import char_to_piece_spans
+        from contract.align import char_to_piece_spans
 
         annotated = any(d.annotation is not None for d in batch)
         starts = [

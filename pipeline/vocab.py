@@ -22,9 +22,9 @@ from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
 from contract.cli import run_main
+from contract.tokenizer import SPECIAL_TOKENS, bert_normalizer, vocab_list
 from pipeline.documents import FORMATS, FRAMERS, CleanOptions, Document, clean_document
 from pipeline.io import match_inputs, parse_input, source_base
-from pipeline.tokenizer import SPECIAL_TOKENS, bert_normalizer, vocab_list
 
 
 def iter_texts(specs: Sequence[str], default_format: str, opts: CleanOptions, stats: Counter[str]) -> Iterator[str]:

@@ -46,7 +46,7 @@ def vocab_path() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from pipeline.tokenizer import wordpiece_from_vocab
+    from contract.tokenizer import wordpiece_from_vocab
 
     return wordpiece_from_vocab(VOCAB)
 
@@ -92,7 +92,7 @@ def shard_dir(tmp_path_factory) -> Path:
     each) through the pipeline with spaCy annotation, 64-token sequences (62-piece blocks: fast CPU steps;
     document ends give shorter blocks). 16 shards for 12 documents: some shards are empty, as the
     pipeline writes them whenever no document hashes there."""
-    from pipeline.schema import read_manifest
+    from contract.schema import read_manifest
     from tests.trainer.shards import write_shards
 
     out = write_shards(tmp_path_factory.mktemp("shards") / "shards", num_docs=12, block_size=64, num_shards=16,

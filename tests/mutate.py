@@ -41,7 +41,7 @@ class Group:
 
 
 GROUPS = (
-    Group("pipeline", ("pipeline/blocks.py", "pipeline/align.py"), ("pipeline.blocks.*", "pipeline.align.*"),
+    Group("pipeline", ("contract/blocks.py", "contract/align.py"), ("contract.blocks.*", "contract.align.*"),
           ("tests/test_foundation.py", "tests/pipeline/test_units.py", "tests/pipeline/test_align_and_blocks.py")),
     Group("trainer", ("trainer/evaluate.py", "trainer/train.py"),
           ("trainer.evaluate.x_evaluate__*", "trainer.evaluate.x_evaluate_checkpoint__*",  # not main: the CLI

@@ -6,16 +6,16 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.align import char_to_piece_spans
-from pipeline.blocks import cut_blocks
-from pipeline.tokenizer import special_ids, vocab_sha256
+from contract.align import char_to_piece_spans
+from contract.blocks import cut_blocks
+from contract.tokenizer import Vocabulary, vocab_sha256
 from tests.conftest import WIKI_EXTRACTED
 
 
 def test_bert_base_cased_ids(tokenizer):
     # The GUIDE's reference encoding, without [CLS]/[SEP] (blocks are stored bare).
     assert tokenizer.encode("Hello, my dog is cute").ids == [8667, 117, 1139, 3676, 1110, 10509]
-    ids = special_ids(tokenizer)
+    ids = Vocabulary.of(tokenizer)
     assert (ids.pad, ids.unk, ids.cls, ids.sep, ids.mask) == (0, 100, 101, 102, 103)
     assert len(vocab_sha256(tokenizer)) == 64
 

@@ -10,7 +10,7 @@ import os
 import sys
 
 from contract.cli import run_main
-from pipeline.schema import ShardError, hash_problems, read_manifest
+from contract.schema import ShardError, hash_problems, read_manifest
 from trainer.config import load_config
 from trainer.train import run
 

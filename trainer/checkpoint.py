@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.schema import file_sha256
+from contract.schema import file_sha256
 
 FORMAT_VERSION = 2  # 2: weights_only-loadable (RNG states as plain values), no scheduler state
 _NAME = re.compile(r"^step-(\d{8})\.pt$")

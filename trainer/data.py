@@ -21,7 +21,6 @@ import hashlib
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,9 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from contract.schema import Manifest, ShardError, open_checked, read_manifest
+from contract.tokenizer import Vocabulary, read_vocabulary
 from masking import Masker
-from pipeline.schema import Manifest, ShardError, open_checked, read_manifest
-from pipeline.tokenizer import load_tokenizer, special_ids
 from trainer.config import DataConfig
 from trainer.model import IGNORE
 
@@ -47,7 +46,7 @@ class ShardSet:
     """Every row of every shard in a manifest, addressed by a global row id (memory-mapped, no copy)."""
 
     def __init__(self, directory: str | Path, expected_vocab_sha256: str = ""):
-        """Every shard is checked against its manifest entry on open (pipeline.schema.open_checked), token ids
+        """Every shard is checked against its manifest entry on open (contract.schema.open_checked), token ids
         against the vocabulary when a batch first reads them; sha256: `python -m trainer --verify-shards`."""
         self.manifest: Manifest = read_manifest(directory)
         if expected_vocab_sha256 and expected_vocab_sha256 != self.manifest.vocab_sha256:
@@ -195,22 +194,15 @@ class BatchPlan:
         return epoch, self.epoch(epoch)[i]
 
 
-@dataclass
-class Vocab:
-    size: int
-    sha256: str
-    pad: int
-    cls: int
-    sep: int
-    mask: int
-    specials: tuple[int, ...]
-
-
-def shard_vocab(manifest: Manifest) -> Vocab:
-    path = manifest.tokenizer_path
-    tok = load_tokenizer(tokenizer_json=path) if path.suffix == ".json" else load_tokenizer(vocab=path)
-    ids = special_ids(tok)
-    return Vocab(manifest.vocab_size, manifest.vocab_sha256, ids.pad, ids.cls, ids.sep, ids.mask, ids.all)
+def shard_vocab(manifest: Manifest) -> Vocabulary:
+    """The shards' tokenizer, checked against the identity the manifest recorded for it."""
+    vocab = read_vocabulary(manifest.tokenizer_path)
+    if (vocab.size, vocab.sha256) != (manifest.vocab_size, manifest.vocab_sha256):
+        raise ShardError(
+            manifest.tokenizer_path, f"holds {vocab.size} tokens, sha256 {vocab.sha256[:12]}...; the manifest "
+            f"recorded {manifest.vocab_size}, {manifest.vocab_sha256[:12]}...", manifest.directory,
+        )
+    return vocab
 
 
 class BlockStream(IterableDataset):
@@ -316,12 +308,12 @@ class BlockStream(IterableDataset):
         }
 
 
-def build_masker(cfg: DataConfig, vocab: Vocab, unigram_counts: np.ndarray | None, max_sbo_targets: int, seed: int):
+def build_masker(cfg: DataConfig, vocab: Vocabulary, unigram_counts: np.ndarray | None, max_sbo_targets: int, seed: int):
     mcfg = cfg.masking_for(seed=seed, max_sbo_targets=max_sbo_targets)
     return Masker(mcfg, vocab_size=vocab.size, mask_id=vocab.mask, special_ids=vocab.specials, unigram_counts=unigram_counts)
 
 
-def collate_blocks(parts: list[dict], masker, vocab: Vocab, cfg: DataConfig, max_len: int, epoch: int,
+def collate_blocks(parts: list[dict], masker, vocab: Vocabulary, cfg: DataConfig, max_len: int, epoch: int,
                    rows: np.ndarray, sbo: bool = True) -> dict[str, torch.Tensor]:
     """Bare blocks (dicts with ids, word_start, optional spans; pair mode: a, nsp) -> one padded batch.
 
@@ -373,7 +365,7 @@ def collate_blocks(parts: list[dict], masker, vocab: Vocab, cfg: DataConfig, max
     return {k: torch.from_numpy(a) for k, a in out.items()}
 
 
-def _with_specials(part: dict, mb, v: Vocab, mode: str) -> dict[str, np.ndarray]:
+def _with_specials(part: dict, mb, v: Vocabulary, mode: str) -> dict[str, np.ndarray]:
     """Bare-block coordinates -> full sequence. Single: [CLS] x [SEP], every position +1 and the SBO
     boundaries -1 / n become [CLS] / [SEP] themselves. Pair: [CLS] A [SEP] B [SEP]."""
     if mode == "single":

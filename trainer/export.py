@@ -21,14 +21,14 @@ from typing import Any
 from torch import Tensor
 
 from contract.cli import run_main
-from pipeline.schema import read_manifest
+from contract.schema import read_manifest
+from contract.tokenizer import Vocabulary
 from trainer import checkpoint
 from trainer.config import ModelConfig
 from trainer.hf import (
     CONFIG_FILE,
     SBO_CONFIG_FILE,
     SBO_WEIGHTS_FILE,
-    Vocabulary,
     check_vocab,
     find_vocab,
     fresh_pooler,

@@ -21,8 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from pipeline.tokenizer import load_tokenizer, vocab_list
-from pipeline.tokenizer import vocab_sha256 as tokenizer_sha256
+from contract.tokenizer import Vocabulary, read_vocabulary
 from trainer.config import ModelConfig
 from trainer.model import SpanBert
 
@@ -147,22 +146,6 @@ def check_config(hf_dir: str | Path, cfg: ModelConfig) -> None:
 
 
 # -- vocabulary ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Vocabulary:
-    path: Path
-    sha256: str  # pipeline.tokenizer.vocab_sha256: what shards, checkpoints and exports are matched by
-    tokens: list[str]  # id order: the content of a vocab.txt
-    lowercase: bool
-
-
-def read_vocab_file(path: str | Path) -> Vocabulary:
-    """A vocab.txt or tokenizer.json, identified the way the pipeline and the trainer identify it."""
-    path = Path(path)
-    tok = load_tokenizer(tokenizer_json=path) if path.suffix == ".json" else load_tokenizer(vocab=path)
-    lowercase = bool(getattr(tok.normalizer, "lowercase", False))
-    return Vocabulary(path, tokenizer_sha256(tok), vocab_list(tok), lowercase)
-
-
 def find_vocab(directory: str | Path) -> Path | None:
     """The directory's vocab.txt, else its tokenizer.json, else None."""
     return next((Path(directory) / n for n in _VOCAB_FILES if (Path(directory) / n).is_file()), None)
@@ -170,7 +153,7 @@ def find_vocab(directory: str | Path) -> Path | None:
 
 def check_vocab(path: Path, expected_sha256: str | None, expected_size: int, what: str) -> Vocabulary:
     """Compare a vocabulary file with `what`'s (size always, sha256 when given)."""
-    vocab = read_vocab_file(path)
+    vocab = read_vocabulary(path)
     if len(vocab.tokens) != expected_size:
         raise ValueError(f"{path}: vocabulary has {len(vocab.tokens)} entries, {what} has {expected_size}; "
                          "these weights belong to a different vocabulary")

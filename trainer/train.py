@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pipeline.schema import read_manifest
+from contract.schema import read_manifest
 from trainer import checkpoint
 from trainer.checkpoint import TrainState
 from trainer.config import Config, TrainConfig, stored_config

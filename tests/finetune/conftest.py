@@ -34,14 +34,14 @@ def tiny_cfg(squad_vocab):
 @pytest.fixture(scope="session")
 def tiny_hf_dir(tmp_path_factory, squad_vocab, tiny_cfg) -> Path:
     """A random-init tiny BERT (seed 0) as a transformers directory with the excerpt vocabulary."""
+    from contract.tokenizer import read_vocabulary
     from trainer.export import export_model
-    from trainer.hf import read_vocab_file
     from trainer.model import SpanBert
 
     torch.manual_seed(0)
     model = SpanBert(tiny_cfg)
     out = tmp_path_factory.mktemp("tiny-hf")
-    export_model(model.state_dict(), tiny_cfg, read_vocab_file(squad_vocab), out)
+    export_model(model.state_dict(), tiny_cfg, read_vocabulary(squad_vocab), out)
     return out
 
 

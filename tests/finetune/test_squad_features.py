@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from squad_fixtures import V1, V2
 
+from contract.tokenizer import load_tokenizer
 from finetune.data import Answer, Question, SquadSet, load_squad
 from finetune.decode import DecodeConfig, best_span, decode
 from finetune.features import FeatureConfig, build_features, max_context_windows, window_starts
-from pipeline.tokenizer import load_tokenizer
 
 
 def test_window_starts_as_bert():
@@ -30,7 +30,7 @@ def test_max_context_window_hand_worked():
 
 @pytest.fixture(scope="module")
 def tok(squad_vocab):
-    return load_tokenizer(vocab=squad_vocab)
+    return load_tokenizer(squad_vocab)
 
 
 @pytest.mark.parametrize("path", [V1, V2])

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from contract.tokenizer import read_vocabulary
 from finetune.model import BertForQuestionAnswering, build_model, export_qa, load_pretrained
 from trainer import checkpoint
-from trainer.hf import read_vocab_file
 from trainer.model import SpanBert
 
 
@@ -30,7 +30,7 @@ def test_logits_equal_transformers_and_export_loads_with_nothing_missing(tmp_pat
     with torch.no_grad():  # a qa head that is not all-small, so a swapped start/end shows
         ours.qa_outputs.weight.normal_(0, 1.0)
         ours.qa_outputs.bias.copy_(torch.tensor([0.3, -0.2]))
-    out = export_qa(ours, read_vocab_file(squad_vocab), tmp_path / "qa")
+    out = export_qa(ours, read_vocabulary(squad_vocab), tmp_path / "qa")
     hf, info = transformers.BertForQuestionAnswering.from_pretrained(str(out), output_loading_info=True)
     assert info["missing_keys"] == set() or not info["missing_keys"]
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -58,7 +58,7 @@ def test_load_from_hf_dir_run_dir_and_checkpoint_gives_the_same_encoder(tmp_path
     model = SpanBert(dataclasses.replace(tiny_cfg, use_sbo=True))
     model.load_state_dict({**model.state_dict(), **{k: v for k, v in hf_state.items() if k in model.state_dict()}})
     run = tmp_path / "run"
-    vocab = read_vocab_file(squad_vocab)
+    vocab = read_vocabulary(squad_vocab)
     path = checkpoint.save(run, 7, {"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)},
                                     "vocab_sha256": vocab.sha256}, keep_last=1)
     (run / "vocab.txt").write_text(squad_vocab.read_text())

@@ -16,16 +16,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from contract.tokenizer import Vocabulary, read_vocabulary  # noqa: E402
 from tests.conftest import VOCAB  # noqa: E402
 from trainer.config import ModelConfig  # noqa: E402
-from trainer.hf import Vocabulary, read_vocab_file  # noqa: E402
 
 TOL = 1e-5  # fp32, eval mode (the bar)
 
 
 @pytest.fixture(scope="session")
 def vocab() -> Vocabulary:
-    return read_vocab_file(VOCAB)
+    return read_vocabulary(VOCAB)
 
 
 def tiny_config(**fields) -> ModelConfig:

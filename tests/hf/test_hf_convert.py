@@ -108,7 +108,7 @@ def test_exported_model_loads_clean_with_the_same_logits(tmp_path, vocab):
     tok = transformers.AutoTokenizer.from_pretrained(out_dir)
     text = "Span boundaries: naïve Łódź, 1907.10529"
     cls, sep, mask_id = (vocab.tokens.index(t) for t in ("[CLS]", "[SEP]", "[MASK]"))
-    from pipeline.tokenizer import wordpiece_from_vocab
+    from contract.tokenizer import wordpiece_from_vocab
 
     # Exactly the pipeline's word pieces (cased, accents kept), wrapped in [CLS] ... [SEP].
     assert tok(text)["input_ids"] == [cls, *wordpiece_from_vocab(vocab.path).encode(text).ids, sep]
@@ -192,7 +192,7 @@ def test_vocabulary_with_other_tokens_is_refused(hf_dir, vocab):
 
 
 def test_vocabulary_of_another_size_is_refused(hf_dir, vocab):
-    (hf_dir / "vocab.txt").write_text("\n".join(vocab.tokens + ["[extra]"]) + "\n", encoding="utf-8")
+    (hf_dir / "vocab.txt").write_text("\n".join([*vocab.tokens, "[extra]"]) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="vocabulary has 28997 entries, the run has 28996"):
         load_hf_weights(SpanBert(tiny_config()), hf_dir, vocab_sha256=vocab.sha256)
 

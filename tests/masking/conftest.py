@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contract.tokenizer import Vocabulary
 from masking import Masker, MaskingConfig
 from masking.corpus import TextBlock, annotate, load_spacy, text_blocks
-from pipeline.tokenizer import special_ids
 from tests.conftest import GUTENBERG, WIKI_EXTRACTED
 
 
 @pytest.fixture(scope="session")
 def specials(tokenizer):
-    return special_ids(tokenizer)
+    return Vocabulary.of(tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +50,7 @@ def make_masker(tokenizer, specials):
             MaskingConfig(scheme=scheme, **kw),
             vocab_size=tokenizer.get_vocab_size(),
             mask_id=specials.mask,
-            special_ids=specials.all,
+            special_ids=specials.specials,
             unigram_counts=unigram_counts,
         )
 

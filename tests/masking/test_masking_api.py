@@ -124,9 +124,9 @@ def _realised_merged_spans(tokenizer, specials, path, n_blocks: int, seed: int):
 
     blocks, _ = text_blocks(tokenizer, [path], max_blocks=n_blocks)
     masker = Masker(MaskingConfig(scheme="geometric", seed=seed), vocab_size=tokenizer.get_vocab_size(),
-                    mask_id=specials.mask, special_ids=specials.all)
+                    mask_id=specials.mask, special_ids=specials.specials)
     special = np.zeros(tokenizer.get_vocab_size(), bool)
-    special[list(specials.all)] = True
+    special[list(specials.specials)] = True
     tbs = [blocks[i % len(blocks)] for i in range(n_blocks)]
     out = masker.mask_batch([t.input_ids for t in tbs], [t.word_start for t in tbs], epoch=0,
                             block_indices=np.arange(n_blocks))
@@ -185,7 +185,7 @@ def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials):
 
 def test_stats_cli_reads_spans_from_shards(tmp_path, real_blocks, annotated_blocks, tokenizer):
     """--shards: input_ids, word_start and the span columns of the shard contract (GUIDE §3)."""
-    from pipeline import schema
+    from contract import schema
 
     rows = annotated_blocks[:6]
     table = pa.table(
@@ -269,7 +269,7 @@ def test_same_mask_in_another_process(tmp_path, wiki_blocks, make_masker, specia
         "import numpy as np\n"
         "from masking import Masker, MaskingConfig\n"
         f"ids, ws = np.load({str(block)!r})\n"
-        f"m = Masker(MaskingConfig(seed=4), vocab_size=28996, mask_id={specials.mask}, special_ids={list(specials.all)})\n"
+        f"m = Masker(MaskingConfig(seed=4), vocab_size=28996, mask_id={specials.mask}, special_ids={list(specials.specials)})\n"
         "print(m.mask_block(ids.astype(np.int32), ws.astype(bool), epoch=2, block_index=77).input_ids.tolist())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)

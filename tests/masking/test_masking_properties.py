@@ -58,7 +58,7 @@ def _mask(make_masker, scheme, ids, ws, ents, labels, nps, epoch=0, block_index=
 
 def _special(tokenizer, specials):
     sp = np.zeros(tokenizer.get_vocab_size(), bool)
-    sp[list(specials.all)] = True
+    sp[list(specials.specials)] = True
     return sp
 
 

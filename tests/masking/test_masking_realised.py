@@ -167,7 +167,7 @@ def total_variation(ours: list[int], sim: list[int]) -> float:
 @pytest.fixture(scope="module")
 def special(tokenizer, specials) -> np.ndarray:
     s = np.zeros(tokenizer.get_vocab_size(), bool)
-    s[list(specials.all)] = True
+    s[list(specials.specials)] = True
     return s
 
 

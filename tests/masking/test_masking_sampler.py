@@ -82,7 +82,7 @@ def sequential_words(word_len: list[int], maskable: list[bool], budget: int,
 @pytest.fixture(scope="module")
 def batch(real_blocks, tokenizer, specials):
     special = np.zeros(tokenizer.get_vocab_size(), bool)
-    special[list(specials.all)] = True
+    special[list(specials.specials)] = True
     blocks = real_blocks[:120]
     layout = build_layout([b.input_ids for b in blocks], [b.word_start for b in blocks], special, 0.15)
     keys = rng.block_keys(5, 1, np.arange(len(blocks)))
@@ -127,7 +127,7 @@ def test_an_empty_length_record_is_an_empty_int_array():
 def test_short_blocks_alone_equal_the_sequential_loop(real_blocks, tokenizer, specials):
     """A batch of one short block (budget 2-3): its last word is often masked, and few rounds are allowed."""
     special = np.zeros(tokenizer.get_vocab_size(), bool)
-    special[list(specials.all)] = True
+    special[list(specials.specials)] = True
     cdf = pmf_to_cdf(span_length_pmf(0.2, 10))
     last_word_masked = 0
     for i, b in enumerate(real_blocks[:60]):
@@ -148,7 +148,7 @@ def test_short_blocks_alone_equal_the_sequential_loop(real_blocks, tokenizer, sp
 def test_nearly_all_masked_tiny_blocks_equal_the_sequential_loop(real_blocks, tokenizer, specials):
     """mask_ratio 0.9 on 6-piece blocks: the last free words decide when a block is done."""
     special = np.zeros(tokenizer.get_vocab_size(), bool)
-    special[list(specials.all)] = True
+    special[list(specials.specials)] = True
     cdf = pmf_to_cdf(span_length_pmf(0.2, 10))
     blocks = real_blocks[:80]
     layout = build_layout([b.input_ids[:6] for b in blocks], [b.word_start[:6] for b in blocks], special, 0.9)

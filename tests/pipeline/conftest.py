@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from pipeline.schema import open_shard, read_manifest
+from contract.schema import open_shard, read_manifest
 from tests.conftest import GUTENBERG, GUTENBERG_RAW, WIKI_EXTRACTED, build_shards
 
 REAL_INPUTS = [

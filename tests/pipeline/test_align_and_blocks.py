@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.align import char_to_piece_spans
-from pipeline.blocks import cut_blocks
+from contract.align import char_to_piece_spans
+from contract.blocks import cut_blocks
 
 # "Hello, world" as pieces: "Hello" [0, 5), "," [5, 6), "world" [7, 12).
 OFFSETS = np.array([[0, 5], [5, 6], [7, 12]])

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from contract.tokenizer import SPECIAL_TOKENS, wordpiece_from_vocab
 from pipeline.encode import continuation_table, encode_segmented, rule_sentence_starts, safe_starts
-from pipeline.tokenizer import SPECIAL_TOKENS, wordpiece_from_vocab
 
 ALPHABET = list("ab .!?\n\"'(CZ9,-\u201c\u201d")
 # The rule as first written (README "Blocks" / pipeline.encode): a look-behind at every character.

@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from contract.schema import BLOCK_SCHEMA, open_shard, read_manifest
 from pipeline.documents import FRAMERS, CleanOptions, Document, clean_document
 from pipeline.io import source_base
-from pipeline.schema import BLOCK_SCHEMA, open_shard, read_manifest
 from pipeline.transforms import shard_of
 from tests.conftest import GUTENBERG, GUTENBERG_RAW, VOCAB, WIKI_EXTRACTED
 from tests.pipeline.conftest import Run, run_pipeline

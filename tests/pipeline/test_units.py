@@ -110,7 +110,7 @@ _TOKS: dict[Path, object] = {}
 
 
 def _tok(path: Path):
-    from pipeline.tokenizer import wordpiece_from_vocab
+    from contract.tokenizer import wordpiece_from_vocab
 
     if path not in _TOKS:
         _TOKS[path] = wordpiece_from_vocab(path)
@@ -180,16 +180,16 @@ def test_clean_documents_composite_routes_dead_letters() -> None:
 
 
 def test_vocab_trainer_and_tokenizer_json_input(tmp_path: Path) -> None:
+    from contract.tokenizer import Vocabulary, load_tokenizer
     from pipeline.inspect import verify
     from pipeline.run import run
-    from pipeline.tokenizer import load_tokenizer, special_ids
     from pipeline.vocab import main
 
     text = tmp_path / "wiki.txt"
     text.write_bytes(b"</doc>\n".join(WIKI_EXTRACTED.read_bytes().split(b"</doc>\n")[:2]) + b"</doc>\n")
     assert main(["--input", str(text), "--output", str(tmp_path / "v"), "--vocab-size", "2000", "--bert-layout"]) == 0
-    tok = load_tokenizer(vocab=tmp_path / "v" / "vocab.txt")
-    ids = special_ids(tok)
+    tok = load_tokenizer(tmp_path / "v" / "vocab.txt")
+    ids = Vocabulary.of(tok)
     assert (ids.pad, ids.unk, ids.cls, ids.sep, ids.mask) == (0, 100, 101, 102, 103)
     assert tok.get_vocab_size() <= 2000 and tok.token_to_id("##s") is not None
     manifest = run(["--input", str(text), "--tokenizer", str(tmp_path / "v" / "tokenizer.json"),

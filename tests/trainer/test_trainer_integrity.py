@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 import torch
 
+from contract.schema import MANIFEST, ShardError, file_sha256, hash_problems, read_manifest
 from pipeline.inspect import main as inspect_main
-from pipeline.schema import MANIFEST, ShardError, file_sha256, hash_problems, read_manifest
 from tests.trainer.conftest import losses, tiny_config
 from trainer import checkpoint
 from trainer.data import ShardSet

@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from contract.schema import read_manifest
 from pipeline.documents import FRAMERS, CleanOptions, Document, clean_document
 from pipeline.io import ROWS_PER_BATCH, source_base
-from pipeline.schema import read_manifest
 from tests.trainer.shards import write_shards
 from trainer.config import DataConfig
 from trainer.data import BlockStream, ShardSet

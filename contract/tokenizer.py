@@ -51,13 +51,12 @@ def read_vocab(vocab_path: str | Path) -> dict[str, int]:
     return vocab
 
 
-def load_tokenizer(vocab: str | Path | None = None, tokenizer_json: str | Path | None = None) -> Tokenizer:
-    """Exactly one of `vocab` (BERT vocab.txt) or `tokenizer_json` (any HF tokenizers file)."""
-    if (vocab is None) == (tokenizer_json is None):
-        raise ValueError("give exactly one of vocab= or tokenizer_json=")
-    if vocab is not None:
-        return wordpiece_from_vocab(vocab)
-    tok = Tokenizer.from_file(str(tokenizer_json))
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The one tokenizer loader: a `tokenizer.json` (any HF tokenizers file) by its suffix, else a BERT vocab.txt."""
+    path = Path(path)
+    if path.suffix != ".json":
+        return wordpiece_from_vocab(path)
+    tok = Tokenizer.from_file(str(path))
     tok.post_processor = None  # blocks are stored bare; [CLS]/[SEP] are the trainer's job
     tok.no_padding()
     tok.no_truncation()
@@ -65,24 +64,44 @@ def load_tokenizer(vocab: str | Path | None = None, tokenizer_json: str | Path |
 
 
 @dataclass(frozen=True)
-class SpecialIds:
+class Vocabulary:
+    """A tokenizer's identity and the ids every stage needs; shards, checkpoints and exports are matched by
+    `sha256` (a hash of the id-ordered tokens)."""
+
+    tokens: tuple[str, ...]  # id order: the content of a vocab.txt
+    sha256: str
+    lowercase: bool
     pad: int
     unk: int
     cls: int
     sep: int
     mask: int
+    path: Path | None = None  # the file it was read from, for messages
 
     @property
-    def all(self) -> tuple[int, ...]:
+    def size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def specials(self) -> tuple[int, ...]:
         return (self.pad, self.unk, self.cls, self.sep, self.mask)
 
+    @classmethod
+    def of(cls, tok: Tokenizer, path: str | Path | None = None) -> Vocabulary:
+        tokens = tuple(vocab_list(tok))
+        ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"{path or 'tokenizer'}: lacks special tokens {missing}")
+        return cls(
+            tokens, vocab_sha256(tok), bool(getattr(tok.normalizer, "lowercase", False)),
+            *(ids[t] for t in SPECIAL_TOKENS), path=None if path is None else Path(path),
+        )
 
-def special_ids(tok: Tokenizer) -> SpecialIds:
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
-    missing = [t for t, i in ids.items() if i is None]
-    if missing:
-        raise ValueError(f"tokenizer lacks special tokens {missing}")
-    return SpecialIds(*(ids[t] for t in SPECIAL_TOKENS))
+
+def read_vocabulary(path: str | Path) -> Vocabulary:
+    """The Vocabulary of a vocab.txt or tokenizer.json."""
+    return Vocabulary.of(load_tokenizer(path), path)
 
 
 def vocab_list(tok: Tokenizer) -> list[str]:
