@@ -97,7 +97,7 @@ def test_trainer_bad_configs_and_inputs(tmp_path, shard_dir, bad_shards, capsys,
     base = ["--config", "tiny", "--out", str(tmp_path / "run"), *TINY]
     line = _trainer_error([*base, "--data", str(shard_dir), "--config", "huge"], capsys)
     assert "'huge'" in line and "tiny" in line  # names the bundled presets
-    assert "mask_prob=0.95" in _trainer_error([*base, "--data", str(shard_dir), "--set", "data.mask_prob=0.95"], capsys)
+    assert "mask_prob=0.95" in _trainer_error([*base, "--data", str(shard_dir), "--set", "data.masking.mask_prob=0.95"], capsys)
     assert f"{tmp_path}: no manifest.json" in _trainer_error([*base, "--data", str(tmp_path)], capsys)
     line = _trainer_error([*base, "--data", str(bad_shards["flipped"]), "--verify-shards"], capsys)
     assert f"{bad_shards['flipped_file'].name}: sha256" in line  # 100 flipped bytes: only the hash can tell

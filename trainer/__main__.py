@@ -1,4 +1,4 @@
-"""python -m trainer --config CONFIG --data SHARDS --out RUN_DIR [--max-steps N] [--set key=value ...] [--resume auto] [--init-from HF_DIR] [--verify-shards]
+"""python -m trainer --config CONFIG --data SHARDS --out RUN_DIR [--max-steps N] [--set section.field=value ...] [--resume auto] [--init-from HF_DIR] [--verify-shards]
 
 The same command runs under `torchrun --nproc_per_node=N -m trainer ...` (gloo on CPU, NCCL on GPU).
 """
@@ -12,7 +12,6 @@ import sys
 from contract.cli import run_main
 from contract.schema import ShardError, hash_problems, read_manifest
 from trainer.config import load_config
-from trainer.data import masking_config
 from trainer.train import run
 
 
@@ -23,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="run directory: checkpoints/, metrics.jsonl, tb/, config.json")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override one config field, e.g. --set optim.lr=3e-4 --set data.scheme=subword")
+                   help="override one config field, e.g. --set optim.lr=3e-4 --set data.masking.scheme=subword")
     p.add_argument("--resume", default="never",
                    help="'auto': newest valid checkpoint in --out; a checkpoint path; 'never' (default)")
     p.add_argument("--init-from", metavar="HF_DIR",
@@ -32,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="compare every shard's sha256 with the manifest before training (reads every byte once)")
     args = p.parse_args(argv)
     overrides = list(args.set) + ([f"train.max_steps={args.max_steps}"] if args.max_steps is not None else [])
-    cfg = load_config(args.config, overrides)
-    masking_config(cfg.data, cfg.model.max_sbo_targets, cfg.train.seed)  # bad masking settings: fail before any work
+    cfg = load_config(args.config, overrides)  # every bad value (masking's too) fails here, before any work
     if args.verify_shards:  # before anything decodes a shard: a corrupt file can make Arrow itself fail
         problems = hash_problems(read_manifest(args.data))
         if problems:

@@ -59,7 +59,7 @@ class Row:
 
     @property
     def overrides(self) -> list[str]:
-        return [f"data.scheme={self.scheme}", *self.objectives]
+        return [f"data.masking.scheme={self.scheme}", *self.objectives]
 
 
 ROWS = (

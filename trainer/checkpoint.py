@@ -25,6 +25,7 @@ import pickle
 import random
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,34 @@ from contract.schema import file_sha256
 
 FORMAT_VERSION = 2  # 2: weights_only-loadable (RNG states as plain values), no scheduler state
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+@dataclass
+class TrainState:
+    """Where a run stands, besides model, optimizer and RNG: what the loop advances and a resume restores.
+
+    On disk (format 2) as the checkpoint's `step`, `data.next_batch` and `nonfinite` keys."""
+
+    step: int = 0  # optimizer steps done
+    data_position: int = 0  # global micro-batches consumed (trainer/data.py: the stream restarts there)
+    nonfinite_total: int = 0  # steps skipped for a non-finite gradient, over the whole run
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> TrainState:
+        return cls(step=int(state["step"]), data_position=int(state["data"]["next_batch"]),
+                   nonfinite_total=int(state["nonfinite"]))
+
+
+def save_training(
+    run_dir: Path, ts: TrainState, *, model: dict[str, Any], optimizer: dict[str, Any], rng: list[dict[str, Any]],
+    config: dict[str, Any], vocab_sha256: str, world_size: int, keep_last: int,
+) -> Path:
+    """A training checkpoint: TrainState + the state dicts, per-rank RNG states and the run's identity."""
+    state = {
+        "model": model, "optimizer": optimizer, "data": {"next_batch": ts.data_position}, "rng": rng,
+        "config": config, "vocab_sha256": vocab_sha256, "world_size": world_size, "nonfinite": ts.nonfinite_total,
+    }
+    return save(run_dir, ts.step, state, keep_last)
 
 
 def ckpt_dir(run_dir: Path) -> Path:

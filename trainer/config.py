@@ -1,21 +1,35 @@
 """Typed run configuration: one dataclass per component, a JSON file per preset (trainer/configs/*.json).
 
 A config file holds the four sections {"model": ..., "data": ..., "optim": ..., "train": ...}; a field
-left out takes the default below. `--set section.field=value` overrides single fields from the
-command line. Every `__post_init__` raises ValueError naming the field to change.
+left out takes the default below. The masking settings are the masking package's own `MaskingConfig`,
+nested as `data.masking` ({"data": {"masking": {"scheme": "subword"}}}). `--set path.to.field=value`
+overrides single fields from the command line (`--set data.masking.scheme=subword`). Every bad value
+fails in `load_config` / `Config.from_dict`, with a ValueError naming the field to change.
+
+Two MaskingConfig fields have their one home elsewhere (SHARED_MASKING_FIELDS): the masking seed is
+`train.seed` and the SBO target cap is `model.max_sbo_targets` (it sizes the model's position table).
+A trainer config may not set them under `data.masking`; the run's effective MaskingConfig is
+`Config.masking` (`DataConfig.masking_for` for another seed, e.g. evaluation's fixed masks).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from masking.config import NUMERIC_ENTITY_LABELS, SCHEMES
+from masking.config import MaskingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# MaskingConfig fields a trainer config takes from another section (their one home), never from data.masking.
+SHARED_MASKING_FIELDS = {"seed": "train.seed", "max_sbo_targets": "model.max_sbo_targets"}
+# The fields `data.masking` does hold; before the nesting they sat flat in `data` (see migrate_stored).
+MASKING_FIELDS = tuple(f.name for f in dataclasses.fields(MaskingConfig) if f.name not in SHARED_MASKING_FIELDS)
 
 
 @dataclass
@@ -61,18 +75,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Shard reading, masking (passed to masking.MaskingConfig) and batching."""
+    """Shard reading, masking (the masking package's own MaskingConfig, nested) and batching."""
 
     mode: str = "single"  # "single": one segment, no NSP (SpanBERT); "pair": A [SEP] B + NSP (BERT baselines)
-    scheme: str = "geometric"  # one of SCHEMES (paper Table 6)
-    mask_ratio: float = 0.15
-    geometric_p: float = 0.2
-    max_span_words: int = 10
-    mask_prob: float = 0.8  # per span: [MASK] / random / unchanged = 80 / 10 / 10
-    random_prob: float = 0.1
-    linguistic_share: float = 0.5  # named_entity / noun_phrase schemes: share of linguistic spans
-    excluded_entity_labels: tuple[str, ...] = NUMERIC_ENTITY_LABELS  # the paper: non-numerical entities only
-    sbo_edge_spans: bool = True  # SBO also for spans touching the block edge ([CLS]/[SEP] as boundary)
+    # Scheme and its parameters; seed and max_sbo_targets stay at their defaults here (SHARED_MASKING_FIELDS).
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
     batch_size: int = 32  # sequences per micro-batch per rank (ignored when batch_tokens or step_tokens > 0)
     batch_tokens: int = 0  # > 0: micro-batches by padded-token budget instead of a sequence count
     # > 0: padded-token budget per *optimizer step* over all ranks (the paper's 256 x 512 = 131,072), cut
@@ -87,21 +94,27 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("single", "pair"):
             raise ValueError(f"data.mode must be 'single' or 'pair', got {self.mode!r}")
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"data.scheme must be one of {SCHEMES}, got {self.scheme!r}")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"data.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        for name, home in SHARED_MASKING_FIELDS.items():  # a value here would be silently overridden: refuse it
+            if getattr(self.masking, name) != getattr(_DEFAULT_MASKING, name):
+                raise ValueError(f"data.masking.{name}={getattr(self.masking, name)!r}: set {home} instead "
+                                 f"(the one {name} of the run; masking takes it from there)")
         if self.batch_size < 1 and self.batch_tokens < 1 and self.step_tokens < 1:
             raise ValueError("set data.batch_size >= 1, data.batch_tokens >= 1 or data.step_tokens >= 1")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.bucket_window < 1 or self.pad_to_multiple < 1 or self.num_workers < 0:
             raise ValueError("data.bucket_window and data.pad_to_multiple must be >= 1, data.num_workers >= 0")
-        self.excluded_entity_labels = tuple(self.excluded_entity_labels)
+
+    def masking_for(self, *, seed: int, max_sbo_targets: int) -> MaskingConfig:
+        """The masking settings with the two shared fields filled in: the one place they are joined."""
+        return replace(self.masking, seed=seed, max_sbo_targets=max_sbo_targets)
 
     def micro_batch_tokens(self, world: int, grad_accum: int) -> int:
         """Padded-token budget of one micro-batch (0: batches by sequence count)."""
         return self.step_tokens // (world * grad_accum) if self.step_tokens > 0 else self.batch_tokens
+
+
+_DEFAULT_MASKING = MaskingConfig()
 
 
 @dataclass
@@ -144,6 +157,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.grad_accum < 1:
             raise ValueError("train.max_steps and train.grad_accum must be >= 1")
+        if not 0 <= self.seed < 2**64:  # masking's counter-based RNG takes a uint64 key
+            raise ValueError(f"train.seed must be in [0, 2**64), got {self.seed}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.compile not in ("auto", True, False):
@@ -172,27 +187,97 @@ class Config:
             # Spans may straddle the A/B junction; the paper never combines SBO with two segments.
             raise ValueError("model.use_sbo needs data.mode='single'; set model.use_sbo=false for the pair baseline")
 
+    @property
+    def masking(self) -> MaskingConfig:
+        """The run's effective masking: data.masking with train.seed and model.max_sbo_targets."""
+        return self.data.masking_for(seed=self.train.seed, max_sbo_targets=self.model.max_sbo_targets)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready; from_dict(to_dict()) == self. The shared masking fields are left out (their homes hold them)."""
+        raw = dataclasses.asdict(self)
+        for name in SHARED_MASKING_FIELDS:
+            del raw["data"]["masking"][name]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
-        unknown = set(raw) - {"model", "data", "optim", "train"}
-        if unknown:
-            raise ValueError(f"unknown config sections {sorted(unknown)}")
-        parts = {}
-        for name, klass in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig)):
-            section = raw.get(name, {})
-            known = {f.name for f in dataclasses.fields(klass)}
-            bad = set(section) - known
-            if bad:
-                raise ValueError(f"unknown fields in config section {name!r}: {sorted(bad)}; known: {sorted(known)}")
-            parts[name] = klass(**section)
-        return cls(**parts)
+        """User input (a config file + --set): every field checked, every bad value a ValueError naming it."""
+        return _build(cls, raw, "")
+
+
+def _build(klass: type, raw: Any, path: str) -> Any:
+    """klass(**raw), recursing into nested dataclasses; `path` ("data.masking") prefixes every message."""
+    where = f"config section {path!r}" if path else "config"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path or 'config'}: expected a JSON object, got {raw!r}")
+    hints = typing.get_type_hints(klass)
+    known = {f.name for f in dataclasses.fields(klass)}
+    if klass is DataConfig and (moved := [k for k in raw if k in MASKING_FIELDS]):  # the spelling before data.masking
+        more = f"; the same for {', '.join(moved[1:])}" if moved[1:] else ""
+        raise ValueError(f"data.{moved[0]}: the masking settings moved to data.masking; write data.masking.{moved[0]} "
+                         f"(--set data.masking.{moved[0]}=..., or {{\"data\": {{\"masking\": {{\"{moved[0]}\": ...}}}}}}){more}")
+    if klass is MaskingConfig and (shared := sorted(set(raw) & set(SHARED_MASKING_FIELDS))):
+        raise ValueError(f"{path}.{shared[0]}: a trainer config takes it from {SHARED_MASKING_FIELDS[shared[0]]}; "
+                         "set that instead")
+    if bad := set(raw) - known:
+        if not path:
+            raise ValueError(f"unknown config sections {sorted(bad)}")
+        settable = known - set(SHARED_MASKING_FIELDS) if klass is MaskingConfig else known
+        raise ValueError(f"unknown fields in {where}: {sorted(bad)}; known: {sorted(settable)}")
+    values = {name: _value(hints[name], value, f"{path}.{name}" if path else name) for name, value in raw.items()}
+    if klass is not MaskingConfig:
+        return klass(**values)
+    try:
+        return klass(**values)
+    except ValueError as e:  # its messages name the bare field ("geometric_p=0: ..."): add where it lives
+        raise ValueError(f"{path}.{e}") from None
+
+
+def _value(hint: Any, value: Any, path: str) -> Any:
+    """`value` checked against the field's type (JSON gives lists for tuples); nested dataclasses built."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if not _matches(hint, value):
+        raise ValueError(f"{path}={value!r}: expected {hint.__name__ if isinstance(hint, type) else hint}")
+    return tuple(value) if typing.get_origin(hint) is tuple else value
+
+
+def _matches(hint: Any, value: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(a, value) for a in args)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        return len(kinds) == len(value) and all(_matches(k, v) for k, v in zip(kinds, value, strict=True))
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def migrate_stored(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config a run *stored* (checkpoint state["config"], RUN_DIR/config.json), in today's spelling.
+
+    Runs before data.masking existed stored the masking fields flat in `data`; they move under
+    data.masking. Only for stored configs: user input in the old spelling is an error (from_dict)."""
+    data = raw.get("data", {})
+    flat = {k: v for k, v in data.items() if k in MASKING_FIELDS}
+    if not flat:
+        return raw
+    rest = {k: v for k, v in data.items() if k not in flat}
+    return {**raw, "data": {**rest, "masking": {**data.get("masking", {}), **flat}}}
+
+
+def stored_config(raw: dict[str, Any]) -> Config:
+    """The Config of a stored run (see migrate_stored)."""
+    return Config.from_dict(migrate_stored(raw))
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """A bundled preset name ("tiny", "base", "large") or a JSON path, then `section.field=value` overrides."""
+    """A bundled preset name ("tiny", "base", "large") or a JSON path, then `path.to.field=value` overrides."""
     path = Path(name_or_path)
     if not path.suffix and not path.exists():
         path = CONFIG_DIR / f"{name_or_path}.json"
@@ -202,12 +287,17 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     raw = json.loads(path.read_text(encoding="utf-8"))
     for item in overrides:
         key, sep, value = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise ValueError(f"--set expects section.field=value, got {item!r}")
+        *parents, name = key.split(".")
+        if not sep or not parents or not all(key.split(".")):
+            raise ValueError(f"--set expects section.field=value (or section.sub.field=value), got {item!r}")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
-            parsed = value  # bare strings: --set data.scheme=subword
-        raw.setdefault(section, {})[name] = parsed
+            parsed = value  # bare strings: --set data.masking.scheme=subword
+        node = raw
+        for i, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {'.'.join(parents[: i + 1])} is a value, not a section")
+        node[name] = parsed
     return Config.from_dict(raw)

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from contract.cli import run_main
+from masking.config import SCHEMES
 from trainer import checkpoint
-from trainer.config import SCHEMES, Config
+from trainer.config import stored_config
 from trainer.data import BlockStream
 from trainer.model import IGNORE, OBJECTIVES, SpanBert
 
@@ -68,10 +69,10 @@ def evaluate_checkpoint(
     """Held-out (or all-row) metrics of a checkpoint. `scheme` / `single_sequence` re-mask with another
     scheme in one sequence, so differently trained rows can be scored on the same task."""
     path, state = checkpoint.load_run_or_file(checkpoint_path)
-    cfg = Config.from_dict(state["config"])
+    cfg = stored_config(state["config"])  # a run from before data.masking stored its fields flat
     data_cfg = replace(cfg.data, vocab_sha256=state["vocab_sha256"])
     if scheme is not None:
-        data_cfg = replace(data_cfg, scheme=scheme)
+        data_cfg = replace(data_cfg, masking=replace(data_cfg.masking, scheme=scheme))
     if single_sequence:
         data_cfg = replace(data_cfg, mode="single")
     if holdout_fraction is not None:
@@ -93,7 +94,7 @@ def evaluate_checkpoint(
     model.load_state_dict(state["model"])
     return {
         "checkpoint": str(path), "step": int(state["step"]), "split": split, "blocks": int(len(rows)),
-        "scheme": data_cfg.scheme, "mode": data_cfg.mode, "mask_seed": seed,
+        "scheme": data_cfg.masking.scheme, "mode": data_cfg.mode, "mask_seed": seed,
         **evaluate(model.to(device), stream, rows, batch_size, device),
     }
 

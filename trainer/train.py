@@ -1,4 +1,5 @@
-"""The training loop, read top to bottom: setup, resume, then one optimizer step per iteration.
+"""The training loop in three parts: build (model, optimizer, data, wrapping), resume (a checkpoint ->
+TrainState), and the loop (one optimizer step per iteration), each a function of its own.
 
 Loss normalisation (the one subtle part). Per optimizer step, over the *global* batch (every rank,
 every accumulation micro-batch):
@@ -6,10 +7,10 @@ every accumulation micro-batch):
     loss = sum(MLM CE) / N_mlm + sum(SBO CE) / N_sbo  (+ sum(NSP CE) / N_nsp)
 
 with N_* the global target counts. The counts are known from the labels before any forward pass, so
-each step first all-reduces them (one tiny all-reduce, which also carries the SIGTERM flag), then every
+each step first all-reduces them (one tiny all-reduce, which also carries the stop flag), then every
 micro-batch backpropagates its summed loss divided by the global counts, times the world size because
 DDP averages gradients over ranks. The gradient is therefore identical however the global batch is
-split over ranks and accumulation steps (tests/trainer/test_ddp.py checks this to 1e-6).
+split over ranks and accumulation steps (tests/trainer/test_trainer_ddp.py checks this to 1e-6).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from contract.schema import read_manifest
 from trainer import checkpoint
-from trainer.config import Config, ModelConfig
+from trainer.checkpoint import TrainState
+from trainer.config import Config, TrainConfig, stored_config
 from trainer.data import BlockStream, build_loader
 from trainer.model import IGNORE, OBJECTIVES, SpanBert, decay_groups, flops_per_token
 
@@ -149,10 +152,9 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def lr_schedule(cfg: dict[str, Any]) -> tuple[float, int, int]:
-    """(peak lr, warm-up steps, step where the lr reaches 0) of a config dict: all the LR depends on."""
-    optim, train = cfg["optim"], cfg["train"]
-    return optim["lr"], optim["warmup_steps"], optim["schedule_steps"] or train["max_steps"]
+def lr_schedule(cfg: Config) -> tuple[float, int, int]:
+    """(peak lr, warm-up steps, step where the lr reaches 0): all the LR depends on."""
+    return cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.schedule_steps or cfg.train.max_steps
 
 
 def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: str = "never",
@@ -170,160 +172,296 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: str = "n
     return summary
 
 
+@dataclass
+class Trainer:
+    """Everything the loop runs on (built once; the loop's own state is a TrainState)."""
+
+    cfg: Config
+    d: Dist
+    out_dir: Path
+    log: _Logger
+    model: SpanBert  # the bare model: state dicts, clipping
+    optimizer: torch.optim.Optimizer
+    net: nn.Module  # the model as trained: wrapped in DDP and/or compiled
+    compiled: bool
+    autocast: contextlib.AbstractContextManager
+    stream: BlockStream
+    batches: Iterator[dict[str, torch.Tensor]]
+
+
 def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_from: str | Path | None) -> dict[str, Any]:
-    tc, oc = cfg.train, cfg.optim
     out_dir.mkdir(parents=True, exist_ok=True)
     log = _Logger(out_dir, d.main)
+    try:
+        # The order matters for bit-exact resumes: model init, then the RNG restore, then the loader
+        # (its iterator draws the workers' base seed from torch's RNG).
+        model, optimizer = build_model(cfg, d)
+        ts = restore(cfg, model, optimizer, d, log, out_dir=out_dir, resume=resume, init_from=init_from, data_dir=data_dir)
+        stream, batches = build_data(cfg, data_dir, d, ts.data_position)
+        if d.main:
+            _write_run_files(cfg, out_dir, stream, model, d, log)
+        net, compiled = wrap(model, cfg.train, d)
+        t = Trainer(cfg=cfg, d=d, out_dir=out_dir, log=log, model=model, optimizer=optimizer, net=net, compiled=compiled,
+                    autocast=_autocast(cfg.train, d.device), stream=stream, batches=batches)
+        ts = loop(t, ts)
+    finally:
+        log.close()
+    return {"step": ts.step, "data_position": ts.data_position, "nonfinite_total": ts.nonfinite_total,
+            "stopped": ts.step < cfg.train.max_steps}
 
-    # -- model, optimizer, schedule ------------------------------------------------------------
-    torch.manual_seed(tc.seed)  # identical init on every rank
+
+# -- build -----------------------------------------------------------------------------------------
+def build_model(cfg: Config, d: Dist) -> tuple[SpanBert, torch.optim.Optimizer]:
+    """The model (identical init on every rank) and AdamW; leaves torch's RNG seeded per rank for dropout."""
+    oc = cfg.optim
+    torch.manual_seed(cfg.train.seed)
     model = SpanBert(cfg.model).to(d.device)
     fused = oc.fused and d.device.type in ("cuda", "cpu")
     optimizer = torch.optim.AdamW(decay_groups(model, oc.weight_decay), lr=oc.lr, betas=oc.betas, eps=oc.eps, fused=fused)
-    # The LR of step t is oc.lr * lr_factor(t, ...), set before every update: a function of (step, config),
-    # never carried in optimizer or checkpoint state, so a resume with a new schedule applies it at once.
-    peak_lr, warmup, total = lr_schedule(cfg.to_dict())
-    torch.manual_seed(tc.seed + 1 + d.rank)  # dropout differs per rank
+    torch.manual_seed(cfg.train.seed + 1 + d.rank)  # dropout differs per rank
+    return model, optimizer
 
-    # -- resume --------------------------------------------------------------------------------
-    step, position, nonfinite_total = 0, 0, 0
-    found = _find_checkpoint(out_dir, resume, log)
-    if found is not None:
-        path, state = found
-        saved = ModelConfig(**state["config"]["model"])  # older checkpoints: newer fields take their defaults
-        if replace(saved, attention=cfg.model.attention) != cfg.model:  # the kernel may change
-            raise ValueError(f"{path}: the checkpoint's model config differs from this run's --config/--set")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])  # its stored lr is stale by design: overwritten each step
-        step, position, nonfinite_total = state["step"], state["data"]["next_batch"], state["nonfinite"]
-        if (old := lr_schedule(state["config"])) != (peak_lr, warmup, total):
-            log.info(
-                f"LR schedule changed on resume: peak {old[0]:g} -> {peak_lr:g}, warm-up {old[1]} -> {warmup}, "
-                f"zero at step {old[2]} -> {total}; step {step + 1} runs at "
-                f"lr {peak_lr * lr_factor(step, warmup, total):.6g} (the new schedule)"
-            )
-        cfg.data.vocab_sha256 = cfg.data.vocab_sha256 or state["vocab_sha256"]  # shards must match the run
-        if state["world_size"] == d.world:
-            checkpoint.set_rng_state(state["rng"][d.rank])
-        else:
-            log.info(f"world size changed {state['world_size']} -> {d.world}: dropout RNG reseeded (not bit-exact)")
-            torch.manual_seed(tc.seed + 1 + d.rank + 1_000_003 * step)
-        log.info(f"resumed from {path} at step {step}, data position {position}")
-    elif resume == "never" and checkpoint.ckpt_dir(out_dir).is_dir() and any(checkpoint.ckpt_dir(out_dir).glob("*.pt")):
-        raise FileExistsError(f"{out_dir} already has checkpoints: pass --resume auto to continue, or a fresh --out")
-    elif init_from is not None:  # a fresh run starting from transformers weights (checked against the shards' vocab)
-        from trainer.hf import load_hf_weights
 
-        report = load_hf_weights(model, init_from, vocab_sha256=read_manifest(data_dir).vocab_sha256)
-        log.info(report.summary())
-
-    # -- data ----------------------------------------------------------------------------------
+def build_data(cfg: Config, data_dir: Path, d: Dist, position: int) -> tuple[BlockStream, Iterator[dict[str, torch.Tensor]]]:
+    """This rank's batch stream from global micro-batch `position` on, and the DataLoader over it."""
     stream = BlockStream(
         data_dir, cfg.data, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets,
-        seed=tc.seed, rank=d.rank, world=d.world, start=position, sbo=cfg.model.use_sbo, grad_accum=tc.grad_accum,
+        seed=cfg.train.seed, rank=d.rank, world=d.world, start=position, sbo=cfg.model.use_sbo,
+        grad_accum=cfg.train.grad_accum,
     )
     if stream.vocab.size != cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size {cfg.model.vocab_size} != the shards' vocabulary size {stream.vocab.size}")
-    batches = iter(build_loader(stream, cfg.data.num_workers, pin_memory=d.device.type == "cuda"))
-    if d.main:
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        # Keep the vocabulary with the run, so `python -m trainer.export RUN_DIR OUT` needs no --data.
-        tokenizer = stream.shards.manifest.tokenizer_path
-        shutil.copyfile(tokenizer, out_dir / tokenizer.name)
-        log.info(
-            f"{model.num_params() / 1e6:.1f}M parameters, {len(stream.shards)} blocks, world {d.world}, "
-            f"grad_accum {tc.grad_accum}, device {d.device}"
-        )
+    return stream, iter(build_loader(stream, cfg.data.num_workers, pin_memory=d.device.type == "cuda"))
 
-    # -- wrap: DDP, then compile ---------------------------------------------------------------
+
+def _write_run_files(cfg: Config, out_dir: Path, stream: BlockStream, model: SpanBert, d: Dist, log: _Logger) -> None:
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    # Keep the vocabulary with the run, so `python -m trainer.export RUN_DIR OUT` needs no --data.
+    tokenizer = stream.shards.manifest.tokenizer_path
+    shutil.copyfile(tokenizer, out_dir / tokenizer.name)
+    log.info(
+        f"{model.num_params() / 1e6:.1f}M parameters, {len(stream.shards)} blocks, world {d.world}, "
+        f"grad_accum {cfg.train.grad_accum}, device {d.device}"
+    )
+
+
+def wrap(model: SpanBert, tc: TrainConfig, d: Dist) -> tuple[nn.Module, bool]:
+    """DDP (several ranks), then torch.compile (train.compile); returns the module to train and whether compiled."""
     net: nn.Module = model
     if d.world > 1:  # gradients live in DDP's buckets (no copy); bucket size: docs/trainer.md "DDP notes"
         net = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                   gradient_as_bucket_view=True, bucket_cap_mb=tc.ddp_bucket_mb)
     compiled = use_compile(tc.compile, d.device)
-    if compiled:
-        net = compile_model(net)
-    bf16 = tc.precision == "bf16" or (tc.precision == "auto" and d.device.type == "cuda")
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16)
+    return (compile_model(net) if compiled else net), compiled
 
-    stop = {"flag": 0.0}
-    old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=1.0))
-    deadline = time.monotonic() + tc.max_minutes * 60 if tc.max_minutes > 0 else math.inf
 
-    def save() -> None:
-        state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "data": {"next_batch": position}, "rng": _gather_rng(d), "config": cfg.to_dict(),
-            "vocab_sha256": stream.vocab.sha256, "world_size": d.world, "nonfinite": int(nonfinite[0]),
-        }
-        if d.main:
-            checkpoint.save(out_dir, step, state, tc.keep_last)
+def _autocast(tc: TrainConfig, device: torch.device) -> torch.autocast:
+    bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    # -- the loop ------------------------------------------------------------------------------
-    # No host sync per step: a non-finite step is skipped on the device (fused AdamW's found_inf) and
-    # counted there; the stop flag, the counters and the metrics are read every log_every steps, at the
-    # same step on every rank (one sync per log_every steps).
-    peak = _peak_flops(d.device)
-    mask_ratio = cfg.data.mask_ratio
-    nonfinite = torch.tensor([float(nonfinite_total), 0.0, 0.0], device=d.device)  # total, in a row, worst in a row
-    window, first_step = _Window(), step
-    progress = log.progress(step, tc.max_steps)
+
+# -- resume ----------------------------------------------------------------------------------------
+def restore(cfg: Config, model: SpanBert, optimizer: torch.optim.Optimizer, d: Dist, log: _Logger, *,
+            out_dir: Path, resume: str, init_from: str | Path | None, data_dir: Path) -> TrainState:
+    """The TrainState to start from: a checkpoint's (`resume`), else step 0 of a fresh run, which refuses a
+    run directory holding checkpoints and may start from transformers weights (`init_from`)."""
+    found = _find_checkpoint(out_dir, resume, log)
+    if found is not None:
+        return resume_from(*found, cfg, model, optimizer, d, log)
+    if resume == "never" and checkpoint.ckpt_dir(out_dir).is_dir() and any(checkpoint.ckpt_dir(out_dir).glob("*.pt")):
+        raise FileExistsError(f"{out_dir} already has checkpoints: pass --resume auto to continue, or a fresh --out")
+    if init_from is not None:  # a fresh run starting from transformers weights (checked against the shards' vocab)
+        from trainer.hf import load_hf_weights
+
+        report = load_hf_weights(model, init_from, vocab_sha256=read_manifest(data_dir).vocab_sha256)
+        log.info(report.summary())
+    return TrainState()
+
+
+def resume_from(path: Path, state: dict[str, Any], cfg: Config, model: SpanBert, optimizer: torch.optim.Optimizer,
+                d: Dist, log: _Logger) -> TrainState:
+    """Load a checkpoint into model, optimizer and this rank's RNG; check it fits the run; its TrainState."""
+    saved = stored_config(state["config"])
+    if replace(saved.model, attention=cfg.model.attention) != cfg.model:  # the kernel may change
+        raise ValueError(f"{path}: the checkpoint's model config differs from this run's --config/--set")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])  # its stored lr is stale by design: overwritten each step
+    ts = TrainState.from_checkpoint(state)
+    # The LR of step t is a function of (t, config), never carried in optimizer or checkpoint state, so a
+    # resume with a new schedule applies it at once; say so.
+    if (old := lr_schedule(saved)) != (new := lr_schedule(cfg)):
+        log.info(
+            f"LR schedule changed on resume: peak {old[0]:g} -> {new[0]:g}, warm-up {old[1]} -> {new[1]}, "
+            f"zero at step {old[2]} -> {new[2]}; step {ts.step + 1} runs at "
+            f"lr {new[0] * lr_factor(ts.step, new[1], new[2]):.6g} (the new schedule)"
+        )
+    cfg.data.vocab_sha256 = cfg.data.vocab_sha256 or state["vocab_sha256"]  # shards must match the run
+    if state["world_size"] == d.world:
+        checkpoint.set_rng_state(state["rng"][d.rank])
+    else:
+        log.info(f"world size changed {state['world_size']} -> {d.world}: dropout RNG reseeded (not bit-exact)")
+        torch.manual_seed(cfg.train.seed + 1 + d.rank + 1_000_003 * ts.step)
+    log.info(f"resumed from {path} at step {ts.step}, data position {ts.data_position}")
+    return ts
+
+
+def _find_checkpoint(out_dir: Path, resume: str, log: _Logger) -> tuple[Path, dict] | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return checkpoint.latest_valid(out_dir, log=log.info)
+    return checkpoint.load_run_or_file(resume)  # a step-N.pt, or another run directory's newest
+
+
+# -- the loop --------------------------------------------------------------------------------------
+def loop(t: Trainer, ts: TrainState) -> TrainState:
+    """Optimizer steps until train.max_steps, SIGTERM or train.max_minutes; checkpoints on the way and at
+    the end. No host sync per step: a non-finite step is skipped on the device (fused AdamW's found_inf)
+    and counted there; the stop flag, the counters and the metrics are read every train.log_every steps,
+    at the same step on every rank."""
+    tc, d = t.cfg.train, t.d
+    peak_lr, warmup, total = lr_schedule(t.cfg)
+    stop, meter, first_step = _Stop(tc.max_minutes), _Meter(t, ts), ts.step
     try:
-        while step < tc.max_steps:
-            micro = [next(batches) for _ in range(tc.grad_accum)]
-            if time.monotonic() > deadline and not stop["flag"]:
-                stop["flag"] = 2.0
-            counts = global_counts(micro, d.world, d.device, flag=stop["flag"])
-            if step % tc.log_every == 0 and counts[3].item() > 0:  # some rank got SIGTERM / ran out of time
-                reason = "train.max_minutes reached" if stop["flag"] == 2.0 else "SIGTERM"
-                log.info(f"{reason}: saving step {step} and exiting")
+        while ts.step < tc.max_steps:
+            micro = [next(t.batches) for _ in range(tc.grad_accum)]
+            counts = global_counts(micro, d.world, d.device, flag=stop.poll())
+            if ts.step % tc.log_every == 0 and counts[3].item() > 0:  # some rank got SIGTERM / ran out of time
+                t.log.info(f"{stop.reason}: saving step {ts.step} and exiting")
                 break
-            epoch = int(micro[0]["epoch"][0])
-            tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in micro)
-            padded = sum(b["input_ids"].numel() for b in micro)
-            seqs = sum(len(b["input_ids"]) for b in micro)
-            micro = [to_device(b, d.device, compiled) for b in micro]
+            epoch, sizes = int(micro[0]["epoch"][0]), _sizes(micro)
+            micro = [to_device(b, d.device, t.compiled) for b in micro]
 
-            lr = peak_lr * lr_factor(step, warmup, total)  # skipped (non-finite) steps still advance the schedule
-            for group in optimizer.param_groups:
+            lr = peak_lr * lr_factor(ts.step, warmup, total)  # skipped (non-finite) steps still advance the schedule
+            for group in t.optimizer.param_groups:
                 group["lr"] = lr
-            sums = train_step(net, micro, counts[:3], d.world, autocast)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip_grad_norm or math.inf)
-            found_inf = _optimizer_step(optimizer, norm)  # identical on every rank: gradients are all-reduced
-            nonfinite[0] += found_inf
-            nonfinite[1] = (nonfinite[1] + found_inf) * found_inf
-            nonfinite[2] = torch.maximum(nonfinite[2], nonfinite[1])
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            position += tc.grad_accum * d.world
-            window.add(sums, counts[:3], found_inf, tokens * d.world, padded * d.world, seqs * d.world)
-            progress.update(1)
+            sums = train_step(t.net, micro, counts[:3], d.world, t.autocast)
+            norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.optim.clip_grad_norm or math.inf)
+            found_inf = _optimizer_step(t.optimizer, norm)  # identical on every rank: gradients are all-reduced
+            t.optimizer.zero_grad(set_to_none=True)
+            ts.step += 1
+            ts.data_position += tc.grad_accum * d.world
+            meter.add(sums, counts[:3], found_inf, sizes)
 
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                m = window.reduce(d)
-                skipped_total, in_a_row, worst = (int(x) for x in nonfinite.tolist())
-                nonfinite[2] = 0.0
-                m.update(step=step, epoch=epoch, lr=lr, grad_norm=float(norm), nonfinite_total=skipped_total, data_position=position)
-                if m["skipped"]:
-                    log.info(f"step {step}: {m['skipped']} non-finite step(s) since the last log, updates skipped ({in_a_row} in a row)")
-                if peak:
-                    m["mfu"] = m["tokens_per_s"] * flops_per_token(cfg.model, m["mean_seq_len"], mask_ratio) / (peak * d.world)
-                log.metrics(m)
-                progress.set_postfix(loss=f"{m['loss']:.3f}")
-                if worst >= tc.max_nonfinite_in_a_row:
-                    raise RuntimeError(
-                        f"stopping at step {step}: {worst} non-finite steps in a row "
-                        f"(train.max_nonfinite_in_a_row); lower optim.lr or check the data"
-                    )
-            if step % tc.ckpt_every == 0 and step < tc.max_steps:
-                save()
-        if step > first_step:  # at the end and on SIGTERM; a run resumed at its end has nothing new to save
-            save()
+            if ts.step % tc.log_every == 0 or ts.step == tc.max_steps:
+                meter.log(ts, epoch=epoch, lr=lr, grad_norm=float(norm))
+            if ts.step % tc.ckpt_every == 0 and ts.step < tc.max_steps:
+                save(t, meter.sync(ts))
+        if ts.step > first_step:  # at the end and on a stop; a run resumed at its end has nothing new to save
+            save(t, meter.sync(ts))
     finally:
-        progress.close()
-        log.close()
-        signal.signal(signal.SIGTERM, old_handler)
-    return {"step": step, "data_position": position, "nonfinite_total": int(nonfinite[0]), "stopped": step < tc.max_steps}
+        meter.close()
+        stop.close()
+    return ts
+
+
+def save(t: Trainer, ts: TrainState) -> None:
+    """Every rank takes part (the RNG states are gathered); rank 0 writes."""
+    model, optimizer, rng = t.model.state_dict(), t.optimizer.state_dict(), _gather_rng(t.d)
+    if t.d.main:
+        checkpoint.save_training(
+            t.out_dir, ts, model=model, optimizer=optimizer, rng=rng, config=t.cfg.to_dict(),
+            vocab_sha256=t.stream.vocab.sha256, world_size=t.d.world, keep_last=t.cfg.train.keep_last,
+        )
+
+
+def _sizes(micro: list[dict[str, torch.Tensor]]) -> tuple[int, int, int]:
+    """(real tokens, padded tokens, sequences) of this rank's micro-batches (host tensors, before the copy)."""
+    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in micro)
+    padded = sum(b["input_ids"].numel() for b in micro)
+    seqs = sum(len(b["input_ids"]) for b in micro)
+    return tokens, padded, seqs
+
+
+class _Stop:
+    """SIGTERM or the train.max_minutes budget, as the flag all-reduced with the target counts (so every
+    rank stops at the same step): 1 = SIGTERM, 2 = time is up."""
+
+    def __init__(self, max_minutes: float) -> None:
+        self.flag = 0.0
+        self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._deadline = time.monotonic() + max_minutes * 60 if max_minutes > 0 else math.inf
+
+    def _on_sigterm(self, *_: Any) -> None:
+        self.flag = 1.0
+
+    def poll(self) -> float:
+        if time.monotonic() > self._deadline and not self.flag:
+            self.flag = 2.0
+        return self.flag
+
+    @property
+    def reason(self) -> str:
+        return "train.max_minutes reached" if self.flag == 2.0 else "SIGTERM"
+
+    def close(self) -> None:
+        signal.signal(signal.SIGTERM, self._old_handler)
+
+
+class _NonFinite:
+    """Skipped (non-finite) steps, counted on the device: [run total, current run of skips in a row,
+    longest run in a row since the last read]."""
+
+    def __init__(self, total: int, device: torch.device) -> None:
+        self.counts = torch.tensor([float(total), 0.0, 0.0], device=device)
+
+    def add(self, found_inf: torch.Tensor) -> None:
+        c = self.counts
+        c[0] += found_inf
+        c[1] = (c[1] + found_inf) * found_inf
+        c[2] = torch.maximum(c[2], c[1])
+
+    def total(self) -> int:
+        return int(self.counts[0])
+
+    def read(self) -> tuple[int, int, int]:
+        """(total, in a row now, longest run since the last read) — a host sync; the next window starts at 0."""
+        total, in_a_row, worst = (int(x) for x in self.counts.tolist())
+        self.counts[2] = 0.0
+        return total, in_a_row, worst
+
+
+class _Meter:
+    """The loop's bookkeeping: non-finite counters, the metrics window, metrics lines and the progress bar."""
+
+    def __init__(self, t: Trainer, ts: TrainState) -> None:
+        self.t, self.peak = t, _peak_flops(t.d.device)
+        self.nonfinite = _NonFinite(ts.nonfinite_total, t.d.device)
+        self.window = _Window()
+        self.progress = t.log.progress(ts.step, t.cfg.train.max_steps)
+
+    def add(self, sums: torch.Tensor, counts: torch.Tensor, found_inf: torch.Tensor, sizes: tuple[int, int, int]) -> None:
+        self.nonfinite.add(found_inf)
+        self.window.add(sums, counts, found_inf, *(n * self.t.d.world for n in sizes))
+        self.progress.update(1)
+
+    def sync(self, ts: TrainState) -> TrainState:
+        """ts with the device's non-finite total (a host sync: before a checkpoint)."""
+        ts.nonfinite_total = self.nonfinite.total()
+        return ts
+
+    def log(self, ts: TrainState, *, epoch: int, lr: float, grad_norm: float) -> None:
+        """One metrics line (all ranks reduce, rank 0 writes); stops the run after too many skips in a row."""
+        t, tc = self.t, self.t.cfg.train
+        m, self.window = self.window.reduce(t.d), _Window()
+        ts.nonfinite_total, in_a_row, worst = self.nonfinite.read()
+        m.update(step=ts.step, epoch=epoch, lr=lr, grad_norm=grad_norm, nonfinite_total=ts.nonfinite_total,
+                 data_position=ts.data_position)
+        if m["skipped"]:
+            t.log.info(f"step {ts.step}: {m['skipped']} non-finite step(s) since the last log, updates skipped ({in_a_row} in a row)")
+        if self.peak:
+            mask_ratio = t.cfg.data.masking.mask_ratio
+            m["mfu"] = m["tokens_per_s"] * flops_per_token(t.cfg.model, m["mean_seq_len"], mask_ratio) / (self.peak * t.d.world)
+        t.log.metrics(m)
+        self.progress.set_postfix(loss=f"{m['loss']:.3f}")
+        if worst >= tc.max_nonfinite_in_a_row:
+            raise RuntimeError(
+                f"stopping at step {ts.step}: {worst} non-finite steps in a row "
+                f"(train.max_nonfinite_in_a_row); lower optim.lr or check the data"
+            )
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor) -> torch.Tensor:
@@ -338,14 +476,6 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor) -> tor
     elif not found_inf.item():
         optimizer.step()
     return found_inf
-
-
-def _find_checkpoint(out_dir: Path, resume: str, log: _Logger) -> tuple[Path, dict] | None:
-    if resume == "never":
-        return None
-    if resume == "auto":
-        return checkpoint.latest_valid(out_dir, log=log.info)
-    return checkpoint.load_run_or_file(resume)  # a step-N.pt, or another run directory's newest
 
 
 def _gather_rng(d: Dist) -> list[dict]:
@@ -364,12 +494,15 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
+@dataclass
 class _Window:
-    """Metrics summed since the last log line; reduced over ranks only when logging."""
+    """Metrics summed since the last log line; reduced over ranks only when logging (then a fresh window)."""
 
-    def __init__(self) -> None:
-        self.sums: torch.Tensor | None = None
-        self.tokens, self.padded, self.seqs, self.t0 = 0, 0, 0, time.perf_counter()
+    sums: torch.Tensor | None = None  # local loss/correct sums, global target counts, skipped steps
+    tokens: int = 0
+    padded: int = 0
+    seqs: int = 0
+    t0: float = field(default_factory=lambda: time.perf_counter())
 
     def add(self, sums: torch.Tensor, counts: torch.Tensor, found_inf: torch.Tensor, tokens: int, padded: int, seqs: int) -> None:
         row = torch.cat([sums, counts.to(sums.dtype), found_inf.to(sums.dtype)[None]])  # local sums, global counts, skipped
@@ -399,7 +532,6 @@ class _Window:
         m["mean_seq_len"] = self.padded / max(1, self.seqs)
         m = {k: float(v) for k, v in m.items()}
         m["skipped"] = int(s[9])  # non-finite steps (updates skipped) in this window
-        self.__init__()
         return m
 
 

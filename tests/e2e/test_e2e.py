@@ -32,7 +32,7 @@ def shards(shard_dir) -> Path:
 def pair_run(shards, tmp_path_factory) -> Path:
     """A 2seq + NSP baseline (the hardest case for evaluation: segments, token types, NSP head)."""
     cfg = tiny_config(
-        data={"mode": "pair", "scheme": "subword", "holdout_fraction": HOLDOUT},
+        data={"mode": "pair", "masking": {"scheme": "subword"}, "holdout_fraction": HOLDOUT},
         model={"use_nsp": True, "use_sbo": False}, train={"max_steps": 4},
     )
     run = tmp_path_factory.mktemp("pair") / "run"

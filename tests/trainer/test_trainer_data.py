@@ -18,6 +18,7 @@ import torch
 
 from contract.cli import run_main
 from contract.schema import BLOCK_SCHEMA, MANIFEST, ShardError, file_sha256, read_manifest
+from masking import MaskingConfig
 from tests.trainer.shards import write_shards
 from trainer.__main__ import main
 from trainer.config import DataConfig
@@ -25,8 +26,8 @@ from trainer.data import IS_NEXT, NOT_NEXT, Batch, BlockStream, build_loader
 from trainer.model import IGNORE
 
 
-def _stream(shard_dir, rank=0, world=1, start=0, **data) -> BlockStream:
-    cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, **data})
+def _stream(shard_dir, rank=0, world=1, start=0, scheme="geometric", **data) -> BlockStream:
+    cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, "masking": MaskingConfig(scheme=scheme), **data})
     return BlockStream(shard_dir, cfg, max_len=64, max_sbo_targets=15, seed=7, rank=rank, world=world, start=start)
 
 
@@ -251,19 +252,19 @@ PINNED = {  # case -> (data config, stream kwargs, (row ids of 3 batches, sha256
         ([[29, 89, 19, 75], [59, 54, 3, 23], [37, 42, 9, 20]],
          'f11be116f8171d2c27fbcae518f0e787eca7b653861ab7ca2fa377f94091c972')),
     "single-named_entity-tokens": (
-        {"scheme": "named_entity", "batch_tokens": 256, "bucket_window": 4}, {},
+        {"masking": {"scheme": "named_entity"}, "batch_tokens": 256, "bucket_window": 4}, {},
         ([[70, 87, 56, 79], [58, 83, 19, 27], [53, 31, 1, 20]],
          '4b5d86c29fb5fe5ae71b400fe38f9390be67faa23da436d7e7786ff343acea41')),
     "single-noun_phrase-holdout-nosbo": (
-        {"scheme": "noun_phrase", "holdout_fraction": 0.25, "sbo_edge_spans": False}, {"sbo": False},
+        {"masking": {"scheme": "noun_phrase", "sbo_edge_spans": False}, "holdout_fraction": 0.25}, {"sbo": False},
         ([[65, 46, 44, 80], [66, 79, 82, 43], [24, 81, 8, 62]],
          '33c8f83bd017ef19d02faae5ac8635ea52d6fd6a9d8aaa7dd481d03576f91148')),
     "pair-named_entity": (
-        {"mode": "pair", "scheme": "named_entity", "batch_size": 5}, {},
+        {"mode": "pair", "masking": {"scheme": "named_entity"}, "batch_size": 5}, {},
         ([[24, 37, 3, 23, 2], [68, 66, 79, 69, 82], [10, 34]],
          '3378b04364c8c3ec4803dc49f2658f7e858d3f3c3be1b6b2e66283ee7a2705e8')),
     "pair-whole_word-steptokens": (
-        {"mode": "pair", "scheme": "whole_word", "step_tokens": 512, "pad_to_multiple": 16}, {"world": 2, "grad_accum": 2},
+        {"mode": "pair", "masking": {"scheme": "whole_word"}, "step_tokens": 512, "pad_to_multiple": 16}, {"world": 2, "grad_accum": 2},
         ([[30, 64], [48, 14], [13, 88]],
          '73bb7b30bbb5afdb14361a4ee3aac25807582bffd475b8f8e2799c97530c2d8c')),
 }
@@ -274,7 +275,8 @@ def test_pinned_batches(pinned_shards, case):
     """Three batches of each case, exactly as recorded before trainer/data.py became a package: any change to
     the plan, the NSP pairing, the span selection, the masks or the collation shows here."""
     data, kwargs, want = PINNED[case]
-    cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, **data})
+    masking = MaskingConfig(**data.get("masking", {}))
+    cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, **data, "masking": masking})
     stream = BlockStream(pinned_shards, cfg, max_len=64, max_sbo_targets=15, seed=3, **kwargs)
     batches = list(itertools.islice(iter(stream), 3))
     got = ([b["row_ids"].tolist() for b in batches], _digest(batches))

@@ -27,7 +27,7 @@ from trainer.train import global_counts, train_step
 
 CPU = torch.device("cpu")
 SINGLE_SBO = {"model": {"use_sbo": True, "use_nsp": False}, "data": {"mode": "single"}}
-PAIR_NSP = {"model": {"use_sbo": False, "use_nsp": True}, "data": {"mode": "pair", "scheme": "subword"}}
+PAIR_NSP = {"model": {"use_sbo": False, "use_nsp": True}, "data": {"mode": "pair", "masking": {"scheme": "subword"}}}
 
 
 def _config(objectives: dict, **model) -> Config:
@@ -153,7 +153,7 @@ def test_train_step_gradient_is_that_of_the_mean_losses(shard_dir):
     """Training loss = mean MLM CE + mean SBO CE over the global targets: the gradient train_step leaves
     equals the autograd gradient of that loss computed independently, however the batch is split."""
     cfg = _config(SINGLE_SBO, dropout=0.0, attention_dropout=0.0)
-    cfg.data.sbo_edge_spans = False  # edge spans get MLM only: fewer SBO than MLM targets, so mixing them up shows
+    cfg.data.masking = replace(cfg.data.masking, sbo_edge_spans=False)  # edge spans get MLM only: fewer SBO than MLM targets, so mixing them up shows
     stream = _stream(shard_dir, cfg, seed=3)
     rows = stream.train_rows[:6]
     model = _model(cfg, stream).train()
@@ -250,7 +250,7 @@ def test_checkpoint_of_a_pair_run_is_scored_as_pairs_and_checked_against_the_sha
     assert got["mode"] == "pair" and got["blocks"] == 10
     assert_matches(got, reference(model, stream, stream.heldout_rows[:10]))
     # --single-sequence / --scheme: the same model scored on single sequences with other masks (no NSP).
-    other = BlockStream(shard_dir, replace(cfg.data, mode="single", scheme="whole_word"), max_len=cfg.model.max_position,
+    other = BlockStream(shard_dir, replace(cfg.data, mode="single", masking=replace(cfg.data.masking, scheme="whole_word")), max_len=cfg.model.max_position,
                         max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, sbo=cfg.model.use_sbo)
     got = evaluate_checkpoint(tmp_path / "pair", shard_dir, scheme="whole_word", single_sequence=True, max_blocks=10)
     assert got["mode"] == "single" and got["scheme"] == "whole_word"

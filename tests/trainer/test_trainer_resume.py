@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -14,6 +15,10 @@ import torch
 
 from tests.trainer.conftest import cli, losses, set_args, tiny_config
 from trainer import checkpoint
+from trainer.checkpoint import TrainState
+from trainer.evaluate import evaluate_checkpoint
+from trainer.export import export_checkpoint
+from trainer.train import run
 
 STEPS = 30
 
@@ -129,3 +134,54 @@ def test_resume_from_a_checkpoint_file_and_from_a_finished_run(shard_dir, tmp_pa
     assert losses(second) == {s: reference[s] for s in range(start + 1, STEPS + 1)}
     missing = cli([*_args(shard_dir, tmp_path / "third", workers=0), "--resume", str(tmp_path / "nowhere")])
     assert missing.returncode != 0 and "not a checkpoint file" in missing.stderr
+
+
+# The keys of a format-2 training checkpoint, as the trainer wrote them before TrainState existed.
+FORMAT_2_KEYS = {"format_version", "step", "model", "optimizer", "data", "rng", "config", "vocab_sha256", "world_size",
+                 "nonfinite"}
+
+
+def test_train_state_is_the_format_2_step_position_and_nonfinite_keys(tmp_path):
+    # A format-2 file written by hand the way the trainer before TrainState did: it loads into a TrainState.
+    old = {"model": {"w": torch.ones(2)}, "optimizer": {"state": {}, "param_groups": []}, "data": {"next_batch": 21},
+           "rng": [checkpoint.rng_state()], "config": {}, "vocab_sha256": "ab" * 32, "world_size": 3, "nonfinite": 4}
+    path = checkpoint.save(tmp_path / "old", 7, old, keep_last=1)
+    assert TrainState.from_checkpoint(checkpoint.load(path)) == TrainState(step=7, data_position=21, nonfinite_total=4)
+    # save_training writes exactly those keys, and reads back the TrainState it was given.
+    ts = TrainState(step=9, data_position=36, nonfinite_total=2)
+    path = checkpoint.save_training(tmp_path / "new", ts, model={"w": torch.ones(2)}, optimizer=old["optimizer"],
+                                    rng=old["rng"], config={}, vocab_sha256="ab" * 32, world_size=4, keep_last=1)
+    state = checkpoint.load(path)
+    assert set(state) == FORMAT_2_KEYS and state["format_version"] == 2
+    assert (state["step"], state["data"], state["nonfinite"], state["world_size"]) == (9, {"next_batch": 36}, 2, 4)
+    assert TrainState.from_checkpoint(state) == ts
+
+
+def _flat_data(config: dict) -> dict:
+    """A config as the trainer stored it before data.masking: the masking fields flat in `data`."""
+    data = dict(config["data"])
+    return {**config, "data": {**{k: v for k, v in data.items() if k != "masking"}, **data["masking"]}}
+
+
+def test_a_run_stored_before_data_masking_resumes_evaluates_and_exports(shard_dir, tmp_path):
+    cfg = tiny_config(data={"masking": {"scheme": "whole_word", "sbo_edge_spans": False}}, train={"max_steps": 4})
+    run(cfg, shard_dir, tmp_path / "new")
+    # The same run as the old code left it at step 2: flat data sections in the checkpoint and config.json.
+    old = Path(shutil.copytree(tmp_path / "new", tmp_path / "old"))
+    for step in (3, 4):
+        for suffix in (".pt", ".json"):
+            (old / "checkpoints" / f"step-{step:08d}{suffix}").unlink(missing_ok=True)
+    step2 = old / "checkpoints" / "step-00000002.pt"
+    state = checkpoint.load(step2)
+    state["config"] = _flat_data(state["config"])
+    assert "scheme" in state["config"]["data"] and "masking" not in state["config"]["data"]
+    checkpoint.save(old, 2, {k: v for k, v in state.items() if k not in ("format_version", "step")}, keep_last=5)
+    (old / "config.json").write_text(json.dumps(_flat_data(json.loads((old / "config.json").read_text()))))
+    # Evaluate and export read the old checkpoint; the masks are the run's (whole words, no edge SBO).
+    want = evaluate_checkpoint(tmp_path / "new" / "checkpoints" / "step-00000002.pt", shard_dir, split="all", max_blocks=8)
+    got = evaluate_checkpoint(step2, shard_dir, split="all", max_blocks=8)
+    assert got == {**want, "checkpoint": str(step2)} and got["scheme"] == "whole_word"
+    assert (export_checkpoint(step2, tmp_path / "hf", data=str(shard_dir)) / "config.json").is_file()
+    # Resume continues it bit for bit.
+    summary = run(cfg, shard_dir, old, resume="auto")
+    assert summary["step"] == 4 and losses(old) == losses(tmp_path / "new")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from masking import MaskingConfig
 from tests.trainer.conftest import PY, REPO
 from tests.trainer.shards import write_shards
 from trainer.config import DataConfig, ModelConfig, load_config
@@ -246,7 +247,8 @@ def test_vocabulary_padded_to_64_never_predicted_and_exported_at_28996_rows(shar
 @pytest.mark.parametrize("mode", ["single", "pair"])
 def test_varlen_path_equals_padded_path(mixed_shards, mode):
     extra = {"use_sbo": False, "use_nsp": True} if mode == "pair" else {}
-    data = DataConfig(batch_size=8, num_workers=0, mode=mode, scheme="geometric" if mode == "single" else "subword")
+    data = DataConfig(batch_size=8, num_workers=0, mode=mode,
+                      masking=MaskingConfig(scheme="geometric" if mode == "single" else "subword"))
     stream = BlockStream(mixed_shards, data, max_len=64, max_sbo_targets=15, seed=3, sbo=mode == "single")
     batch = next(b for b in build_loader(stream, 0, pin_memory=False) if "attention_mask" in b)
     batch = to_device(batch, CPU, False)

@@ -12,6 +12,7 @@ import torch
 from tests.trainer.conftest import losses, tiny_config
 from tests.trainer.shards import write_shards
 from trainer import checkpoint
+from trainer.checkpoint import TrainState
 from trainer.model import SpanBert
 from trainer.train import run
 
@@ -58,6 +59,17 @@ def test_nonfinite_steps_are_skipped_counted_and_logged(shard_dir, tmp_path, mon
     assert all(torch.isfinite(v).all() for v in w4.values())
 
 
+def test_checkpoints_between_log_lines_carry_the_current_nonfinite_count(shard_dir, tmp_path, monkeypatch):
+    """The counter lives on the device and is read at log lines; a checkpoint between two must still hold it."""
+    _nan_at(monkeypatch, {3, 4})
+    cfg = tiny_config(train={"max_steps": 6, "log_every": 5, "ckpt_every": 2})
+    summary = run(cfg, shard_dir, tmp_path / "run")
+    saved = {s: checkpoint.load(tmp_path / "run" / "checkpoints" / f"step-{s:08d}.pt") for s in (2, 4, 6)}
+    got = {s: TrainState.from_checkpoint(state) for s, state in saved.items()}
+    assert [got[s].nonfinite_total for s in (2, 4, 6)] == [0, 2, 2] and summary["nonfinite_total"] == 2
+    assert [got[s].data_position for s in (2, 4, 6)] == [2, 4, 6]  # one micro-batch per step, one rank
+
+
 def test_too_many_nonfinite_steps_in_a_row_stop_the_run(shard_dir, tmp_path, monkeypatch):
     _nan_at(monkeypatch, set(range(3, 100)))
     cfg = tiny_config(train={"max_steps": 10, "max_nonfinite_in_a_row": 3})
@@ -77,7 +89,7 @@ def test_bi_sequence_nsp_baseline_and_token_budget_batches_train(shard_dir, tmp_
         return step(model, micro_batches, *args)
 
     monkeypatch.setattr(train_mod, "train_step", recording)
-    cfg = tiny_config(model={"use_sbo": False, "use_nsp": True}, data={"mode": "pair", "scheme": "subword", "batch_tokens": 192},
+    cfg = tiny_config(model={"use_sbo": False, "use_nsp": True}, data={"mode": "pair", "masking": {"scheme": "subword"}, "batch_tokens": 192},
                       train={"max_steps": 4, "ckpt_every": 100})
     run(cfg, shard_dir, tmp_path / "run")
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -6,7 +6,7 @@
 | `plan.py` | `BatchPlan`: each epoch's micro-batches of row ids, a pure function of (seed, epoch); token budgets |
 | `pairs.py` | NSP pairing (A/B cut, IS_NEXT / NOT_NEXT) for the bi-sequence baselines |
 | `collate.py` | `BareBlock` -> masked -> `FullSequence` (with specials) -> `Batch`, the model's input |
-| `stream.py` | `BlockStream` (rank / worker split), `build_loader`, `masking_config` / `build_masker` |
+| `stream.py` | `BlockStream` (rank / worker split), `build_loader`, `build_masker` |
 
 Data flows down this table: each module imports only those above it.
 """
@@ -15,7 +15,7 @@ from trainer.data.collate import NUM_SPECIALS, BareBlock, Batch, FullSequence, c
 from trainer.data.pairs import IS_NEXT, NOT_NEXT, pair_block
 from trainer.data.plan import BatchPlan
 from trainer.data.shards import ShardSet, Spans, shard_vocab, split_rows
-from trainer.data.stream import BlockStream, build_loader, build_masker, masking_config
+from trainer.data.stream import BlockStream, build_loader, build_masker
 
 __all__ = [
     "IS_NEXT",
@@ -31,7 +31,6 @@ __all__ = [
     "build_loader",
     "build_masker",
     "collate_blocks",
-    "masking_config",
     "pair_block",
     "shard_vocab",
     "split_rows",

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from contract.tokenizer import Vocabulary
-from masking import Masker, MaskingConfig
+from masking import Masker
 from trainer.config import DataConfig
 from trainer.data.collate import NUM_SPECIALS, BareBlock, Batch, collate_blocks
 from trainer.data.pairs import pair_block
@@ -89,24 +89,14 @@ class BlockStream(IterableDataset):
     def bare_block(self, epoch: int, row: int) -> BareBlock:
         """Row `row` as the masker sees it: the block (single mode), or A + B (pair mode: pairs.py)."""
         if self.cfg.mode == "pair":
-            return pair_block(self.shards, self.train_rows, row, scheme=self.cfg.scheme, seed=self.seed, epoch=epoch,
+            return pair_block(self.shards, self.train_rows, row, scheme=self.cfg.masking.scheme, seed=self.seed, epoch=epoch,
                               max_len=self.max_len)
         ids, word_start = self.shards.ids(row)
-        return BareBlock(ids, word_start, self.shards.scheme_spans(row, self.cfg.scheme, 0, len(ids)))
-
-
-def masking_config(cfg: DataConfig, max_sbo_targets: int, seed: int) -> MaskingConfig:
-    """The run's masking parameters, validated by masking.MaskingConfig (a bad one fails here, at once)."""
-    return MaskingConfig(
-        scheme=cfg.scheme, mask_ratio=cfg.mask_ratio, geometric_p=cfg.geometric_p, max_span_words=cfg.max_span_words,
-        mask_prob=cfg.mask_prob, random_prob=cfg.random_prob, linguistic_share=cfg.linguistic_share,
-        excluded_entity_labels=cfg.excluded_entity_labels, max_sbo_targets=max_sbo_targets,
-        sbo_edge_spans=cfg.sbo_edge_spans, seed=seed,
-    )
+        return BareBlock(ids, word_start, self.shards.scheme_spans(row, self.cfg.masking.scheme, 0, len(ids)))
 
 
 def build_masker(cfg: DataConfig, vocab: Vocabulary, unigram_counts: np.ndarray | None, max_sbo_targets: int, seed: int):
-    mcfg = masking_config(cfg, max_sbo_targets, seed)
+    mcfg = cfg.masking_for(seed=seed, max_sbo_targets=max_sbo_targets)
     return Masker(mcfg, vocab_size=vocab.size, mask_id=vocab.mask, special_ids=vocab.specials, unigram_counts=unigram_counts)
 
 
