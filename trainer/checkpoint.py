@@ -45,7 +45,7 @@ class TrainState:
     On disk (format 2) as the checkpoint's `step`, `data.next_batch` and `nonfinite` keys."""
 
     step: int = 0  # optimizer steps done
-    data_position: int = 0  # global micro-batches consumed (trainer/data.py: the stream restarts there)
+    data_position: int = 0  # global micro-batches consumed (trainer/data/: the stream restarts there)
     nonfinite_total: int = 0  # steps skipped for a non-finite gradient, over the whole run
 
     @classmethod
