@@ -46,18 +46,20 @@ GROUPS = (
     Group("trainer", ("trainer/evaluate.py", "trainer/train.py"),
           ("trainer.evaluate.x_evaluate__*", "trainer.evaluate.x_evaluate_checkpoint__*",  # not main: the CLI
            "trainer.train.x_target_counts__*", "trainer.train.x_global_counts__*", "trainer.train.x_train_step__*"),
-          ("tests/trainer/test_trainer_evaluate.py",
+          ("tests/trainer/test_trainer_evaluate.py", "tests/trainer/test_trainer_normalisation.py",
            "tests/trainer/test_trainer_ddp.py::test_gradients_identical_for_1x2B_accumulation_and_2_gloo_ranks")),
     # The span machinery: no spaCy, no subprocess — seconds per mutant.
     Group("masking", tuple(f"masking/{m}.py" for m in ("sbo", "replace", "sampler", "layout", "rng", "masker", "config")),
           tuple(f"masking.{m}.*" for m in ("sbo", "replace", "sampler", "layout", "rng", "masker", "config")),
           ("tests/masking/test_masking_realised.py", "tests/masking/test_masking_sampler.py",
-           "tests/masking/test_masking_statistics.py", "tests/masking/test_masking_api.py"),
+           "tests/masking/test_masking_statistics.py", "tests/masking/test_masking_api.py",
+           "tests/masking/test_masking_rng.py", "tests/masking/test_masking_given_spans.py"),
           "not linguistic and not shards"),
     # Entity / noun-phrase spans: needs the spaCy-annotated blocks.
     Group("masking-given", ("masking/given.py",), ("masking.given.*",),
           ("tests/masking/test_masking_realised.py", "tests/masking/test_masking_statistics.py",
-           "tests/masking/test_masking_properties.py"), "linguistic or given or invariants"),
+           "tests/masking/test_masking_properties.py", "tests/masking/test_masking_given_spans.py"),
+          "linguistic or given or invariants"),
     # Reporting: `masking.stats` runs in subprocesses (untraced), so most of it is reached only through corpus.
     Group("masking-stats", ("masking/stats.py", "masking/corpus.py"), ("masking.stats.*", "masking.corpus.*"),
           ("tests/masking/test_masking_api.py", "tests/masking/test_masking_realised.py")),
@@ -90,10 +92,15 @@ def prepare(group: Group) -> Path:
     base = text[text.index("[tool.mutmut]"):]
     base = base[: base.index("\n[", 1)] if "\n[" in base[1:] else base
     table = [line for line in base.splitlines()[1:]
-             if not line.startswith(("only_mutate", "pytest_add_cli_args_test_selection", "pytest_add_cli_args ="))
-             and not line.startswith(("    \"tests/", "]"))]
+             if not line.startswith(("source_paths", "only_mutate", "pytest_add_cli_args_test_selection",
+                                     "pytest_add_cli_args =")) and not line.startswith(("    \"tests/", "]"))]
+    # mutmut mutates only under source_paths: the base's, plus the packages this group's files live in
+    # (contract/ is otherwise only copied, and its block builder and aligner would go unmutated).
+    paths = json.loads(re.search(r"^source_paths = (.*)$", base, re.M).group(1))
+    paths += sorted({f.split("/")[0] for f in group.files} - set(paths))
     args = ["-p", "no:cacheprovider", "-q"] + (["-k", group.deselect] if group.deselect else [])
-    table += [f"only_mutate = {_toml_list(group.files)}", f"pytest_add_cli_args = {_toml_list(tuple(args))}",
+    table += [f"source_paths = {_toml_list(tuple(paths))}", f"only_mutate = {_toml_list(group.files)}",
+              f"pytest_add_cli_args = {_toml_list(tuple(args))}",
               f"pytest_add_cli_args_test_selection = {_toml_list(group.tests)}"]
     (root / "pyproject.toml").write_text(text.replace(base, "[tool.mutmut]\n" + "\n".join(table) + "\n"))
     return root
