@@ -277,3 +277,21 @@ def test_checkpoint_rows_all_or_another_holdout_and_the_empty_holdout_error(shar
     assert got["blocks"] == len(half.heldout_rows)
     with pytest.raises(ValueError, match="held out no documents"):
         evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.0)
+
+
+def test_checkpoint_result_names_its_file_seed_and_the_way_out_of_an_empty_holdout(shard_dir, tmp_path):
+    """The provenance keys of the result (which checkpoint file, which mask seed), and an error that says
+    what to do (docs/trainer.md: --split all or --holdout-fraction)."""
+    cfg = _config(SINGLE_SBO)
+    stream = _stream(shard_dir, cfg)
+    model = _model(cfg, stream)
+    checkpoint.save(tmp_path / "run", 4, {"model": model.state_dict(), "config": cfg.to_dict(),
+                                          "vocab_sha256": stream.vocab.sha256}, keep_last=1)
+    (path,) = (tmp_path / "run").rglob("step-*.pt")
+    got = evaluate_checkpoint(tmp_path / "run", shard_dir, max_blocks=3)
+    assert got["checkpoint"] == str(path) and got["step"] == 4 and got["mask_seed"] == EVAL_SEED
+    other = evaluate_checkpoint(path, shard_dir, max_blocks=3, seed=5)  # the file itself, another mask seed
+    assert other["checkpoint"] == str(path) and other["mask_seed"] == 5
+    assert_matches(other, reference(model, _stream(shard_dir, cfg, seed=5), stream.heldout_rows[:3]))
+    with pytest.raises(ValueError, match=r"evaluate --split all, or give a holdout fraction"):
+        evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.0)

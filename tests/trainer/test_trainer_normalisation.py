@@ -138,3 +138,15 @@ def test_global_counts_sum_micro_batches_and_carry_the_flag():
     got = global_counts(micro, 1, torch.device("cpu"), flag=1.0)
     assert got.dtype == torch.float64 and got.tolist() == [7.0, 3.0, 3.0, 1.0]
     assert global_counts(micro[:1], 1, "cpu").tolist() == [2.0, 2.0, 1.0, 0.0]
+
+
+def test_counts_and_sums_live_on_the_training_device():
+    """The counts go to the device the step runs on, and the sums are made there (no host round trip).
+    The meta device stands in for an accelerator on a CPU-only machine: same code path, no data."""
+    meta = torch.device("meta")
+    counts = global_counts([_batch([[5, IGNORE]])], 1, meta)
+    assert counts.device == meta and counts.dtype == torch.float64 and counts.shape == (4,)
+    model = _Linear({"mlm": 2.0}).to(meta)
+    sums = train_step(model, [{"scale": torch.ones((), device=meta)}], counts[:3], 1, contextlib.nullcontext())
+    assert sums.device == meta and sums.dtype == torch.float64 and sums.shape == (6,)
+    assert model.w.grad is not None and model.w.grad.device == meta
