@@ -46,19 +46,18 @@ GROUPS = (
     Group("trainer", ("trainer/evaluate.py", "trainer/train.py"),
           ("trainer.evaluate.x_evaluate__*", "trainer.evaluate.x_evaluate_checkpoint__*",  # not main: the CLI
            "trainer.train.x_target_counts__*", "trainer.train.x_global_counts__*", "trainer.train.x_train_step__*"),
-          ("tests/trainer/test_trainer_evaluate.py", "tests/trainer/test_trainer_normalisation.py",
+          ("tests/trainer/test_trainer_evaluate.py",
            "tests/trainer/test_trainer_ddp.py::test_gradients_identical_for_1x2B_accumulation_and_2_gloo_ranks")),
     # The span machinery: no spaCy, no subprocess — seconds per mutant.
     Group("masking", tuple(f"masking/{m}.py" for m in ("sbo", "replace", "sampler", "layout", "rng", "masker", "config")),
           tuple(f"masking.{m}.*" for m in ("sbo", "replace", "sampler", "layout", "rng", "masker", "config")),
           ("tests/masking/test_masking_realised.py", "tests/masking/test_masking_sampler.py",
-           "tests/masking/test_masking_statistics.py", "tests/masking/test_masking_api.py",
-           "tests/masking/test_masking_rng.py", "tests/masking/test_masking_given_spans.py"),
+           "tests/masking/test_masking_statistics.py", "tests/masking/test_masking_api.py"),
           "not linguistic and not shards"),
     # Entity / noun-phrase spans: needs the spaCy-annotated blocks.
     Group("masking-given", ("masking/given.py",), ("masking.given.*",),
           ("tests/masking/test_masking_realised.py", "tests/masking/test_masking_statistics.py",
-           "tests/masking/test_masking_properties.py", "tests/masking/test_masking_given_spans.py"),
+           "tests/masking/test_masking_properties.py", "tests/masking/test_masking_api.py"),
           "linguistic or given or invariants"),
     # Reporting: `masking.stats` runs in subprocesses (untraced), so most of it is reached only through corpus.
     Group("masking-stats", ("masking/stats.py", "masking/corpus.py"), ("masking.stats.*", "masking.corpus.*"),
