@@ -38,6 +38,7 @@ class Group:
     mutants: tuple[str, ...]  # mutant-name globs run (module.x_function__mutmut_N)
     tests: tuple[str, ...]  # test selection
     deselect: str = ""  # pytest -k expression
+    cached_shards: bool = False  # tests/mutate_plugin.py: only where the mutated files cannot reach the pipeline
 
 
 GROUPS = (
@@ -47,7 +48,8 @@ GROUPS = (
           ("trainer.evaluate.x_evaluate__*", "trainer.evaluate.x_evaluate_checkpoint__*",  # not main: the CLI
            "trainer.train.x_target_counts__*", "trainer.train.x_global_counts__*", "trainer.train.x_train_step__*"),
           ("tests/trainer/test_trainer_evaluate.py",
-           "tests/trainer/test_trainer_ddp.py::test_gradients_identical_for_1x2B_accumulation_and_2_gloo_ranks")),
+           "tests/trainer/test_trainer_ddp.py::test_gradients_identical_for_1x2B_accumulation_and_2_gloo_ranks"),
+          cached_shards=True),
     # The span machinery: no spaCy, no subprocess — seconds per mutant.
     Group("masking", tuple(f"masking/{m}.py" for m in ("sbo", "replace", "sampler", "layout", "rng", "masker", "config")),
           tuple(f"masking.{m}.*" for m in ("sbo", "replace", "sampler", "layout", "rng", "masker", "config")),
@@ -112,6 +114,8 @@ def run(groups: list[Group], jobs: int) -> None:
         shutil.rmtree(root / "mutants", ignore_errors=True)
         print(f"[mutate] {g.name}: {' '.join(g.mutants)} against {' '.join(g.tests)}", flush=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if g.cached_shards:  # through the environment: mutmut's cached verdicts key on its pytest arguments
+            env |= {"PYTEST_PLUGINS": "tests.mutate_plugin", "MUTATE_SHARD_CACHE": str(root / "shard-cache")}
         subprocess.run(["nice", "-n", "19", str(mutmut), "run", "--max-children", str(jobs), *g.mutants],
                        cwd=root, env=env, check=False)
 
