@@ -2,7 +2,7 @@
 
 One step = forward + backward + AdamW update, in train mode (dropout 0.1). Both models get the same real
 batch: blocks of Wikipedia / Gutenberg text masked by masking/ (geometric spans), collated by
-trainer/data.py; HF receives the same masked positions as a [batch, seq] label tensor (its pre-training
+trainer/data/; HF receives the same masked positions as a [batch, seq] label tensor (its pre-training
 loss: MLM over the full logit tensor + NSP). "ours (MLM)" runs the same objective as HF's MLM (no SBO);
 "ours (MLM+SBO)" is the full SpanBERT objective, i.e. strictly more work than HF's.
 

@@ -1,17 +1,27 @@
 """The batch stream: exactly-once epochs over ranks x workers, exact resume, masks and SBO targets in
-full-sequence coordinates, batching, the bi-sequence + NSP mode, the vocabulary check."""
+full-sequence coordinates, batching, the bi-sequence + NSP mode, the vocabulary and tokenizer checks, and
+batches pinned bit for bit."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
+from contract.cli import run_main
+from contract.schema import BLOCK_SCHEMA, MANIFEST, ShardError, file_sha256, read_manifest
+from tests.trainer.shards import write_shards
+from trainer.__main__ import main
 from trainer.config import DataConfig
-from trainer.data import IS_NEXT, NOT_NEXT, BlockStream, build_loader
+from trainer.data import IS_NEXT, NOT_NEXT, Batch, BlockStream, build_loader
 from trainer.model import IGNORE
 
 
@@ -126,14 +136,14 @@ def test_pair_mode_keeps_entity_spans_aligned(shard_dir):
     stream = _stream(shard_dir, mode="pair", scheme="named_entity")
     checked = 0
     for row in range(40):
-        part = stream._bare_pair(0, row)
-        spans, labels, n = part["entity_spans"], part["entity_labels"], len(part["ids"])
+        part = stream.bare_block(0, row)
+        spans, labels, n = part.spans.entities, part.spans.entity_labels, len(part.ids)
         assert len(spans) == len(labels) and ((spans[:, 0] >= 0) & (spans[:, 1] <= n)).all()
-        assert not ((spans[:, 0] < part["a"]) & (spans[:, 1] > part["a"])).any()  # none across the A/B cut
-        if part["nsp"] == IS_NEXT:  # A + B is the block's prefix: same spans, same tokens
+        assert not ((spans[:, 0] < part.a_len) & (spans[:, 1] > part.a_len)).any()  # none across the A/B cut
+        if part.nsp == IS_NEXT:  # A + B is the block's prefix: same spans, same tokens
             block_spans, block_labels = stream.shards.spans(row, "entity_spans")
             inside = [(tuple(sp), lab) for sp, lab in zip(block_spans.tolist(), block_labels, strict=True)
-                      if sp[1] <= n and not (sp[0] < part["a"] < sp[1])]
+                      if sp[1] <= n and not (sp[0] < part.a_len < sp[1])]
             assert [(tuple(sp), lab) for sp, lab in zip(spans.tolist(), labels, strict=True)] == inside
             checked += 1
     assert checked > 5
@@ -154,3 +164,121 @@ def test_held_out_documents_are_never_trained_on(shard_dir):
 def test_vocabulary_mismatch_is_refused(shard_dir):
     with pytest.raises(ValueError, match="tokenized with vocabulary"):
         _stream(shard_dir, vocab_sha256="0" * 64)
+
+
+def test_shards_tokenizer_must_be_the_one_the_manifest_recorded(shard_dir, tmp_path, capsys):
+    """Two tokens of the shards' tokenizer.json swap ids: same size, another identity. The stream (and the CLI,
+    as one `error:` line naming the file, exit 2) refuses it before any token id is read against it."""
+    d = Path(shutil.copytree(shard_dir, tmp_path / "shards"))
+    path = read_manifest(d).tokenizer_path
+    assert path.parent == d and path.name == "tokenizer.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    vocab = raw["model"]["vocab"]
+    vocab["the"], vocab["and"] = vocab["and"], vocab["the"]
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    # the swapped file's identity, computed here: a hash of the id-ordered tokens (contract.tokenizer's definition)
+    swapped = hashlib.sha256("\n".join(sorted(vocab, key=vocab.get)).encode()).hexdigest()
+    recorded = read_manifest(d).vocab_sha256
+    assert swapped != recorded and len(vocab) == read_manifest(d).vocab_size
+
+    with pytest.raises(ShardError) as e:
+        _stream(d)
+    assert e.value.path == path and swapped[:12] in e.value.reason and recorded[:12] in e.value.reason
+    assert _stream(shard_dir).vocab.sha256 == recorded  # the untouched copy opens
+
+    run = tmp_path / "run"
+    assert run_main(main, ["--config", "tiny", "--data", str(d), "--out", str(run), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: holds {len(vocab)} tokens, sha256 {swapped[:12]}"), err
+    assert f"recorded {len(vocab)}, {recorded[:12]}" in err[0]
+
+
+# -- pinned batches: the stream's exact output, recorded once ----------------------------------------
+def _synthetic_spans(word_start: list[bool], row: int) -> tuple[list[dict], list[dict]]:
+    """Entity and noun-phrase spans made from the block's word starts (no spaCy: its sentences and mentions
+    could differ between platforms or model builds); labels cycle through kept and excluded (numeric) ones."""
+    starts = [i for i, w in enumerate(word_start) if w] + [len(word_start)]
+    labels = ("PERSON", "DATE", "ORG", "CARDINAL", "GPE")
+    ents = [{"start": starts[k], "end": starts[min(k + 1 + (k + row) % 3, len(starts) - 1)],
+             "label": labels[(k + row) % len(labels)]} for k in range(row % 4, len(starts) - 1, 5)]
+    nps = [{"start": starts[k], "end": starts[min(k + 2, len(starts) - 1)]} for k in range(1, len(starts) - 1, 4)]
+    return ents, nps
+
+
+@pytest.fixture(scope="module")
+def pinned_shards(tmp_path_factory):
+    """The pipeline without spaCy (its cheap sentence rule: tokenizer + block cutter only, platform-independent),
+    3 shards, spans rewritten into every row by `_synthetic_spans`."""
+    out = write_shards(tmp_path_factory.mktemp("pinned") / "shards", num_docs=8, block_size=64, num_shards=3,
+                       max_chars=2500)
+    manifest = json.loads((out / MANIFEST).read_text())
+    row = 0
+    for entry in manifest["shards"]:
+        path = out / entry["file"]
+        table = pa.ipc.open_file(pa.BufferReader(path.read_bytes())).read_all()
+        ents, nps = [], []
+        for ws in table.column("word_start").to_pylist():
+            e, n = _synthetic_spans(ws, row)
+            ents.append(e)
+            nps.append(n)
+            row += 1
+        table = table.set_column(table.schema.get_field_index("entity_spans"), BLOCK_SCHEMA.field("entity_spans"),
+                                 pa.array(ents, BLOCK_SCHEMA.field("entity_spans").type))
+        table = table.set_column(table.schema.get_field_index("noun_phrase_spans"),
+                                 BLOCK_SCHEMA.field("noun_phrase_spans"),
+                                 pa.array(nps, BLOCK_SCHEMA.field("noun_phrase_spans").type))
+        with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+            writer.write_table(table)
+        entry["bytes"], entry["sha256"] = file_sha256(path)
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
+def _digest(batches: list[dict[str, torch.Tensor]]) -> str:
+    h = hashlib.sha256()
+    for b in batches:
+        for k in sorted(b):
+            t = b[k].contiguous()
+            h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+# Recorded from trainer/data.py at 2ef73cc (before the split into trainer/data/).
+PINNED = {  # case -> (data config, stream kwargs, (row ids of 3 batches, sha256 of every tensor of them))
+    "single-geometric-rank1": (
+        {"batch_size": 4}, {"rank": 1, "world": 2, "start": 4},
+        ([[29, 89, 19, 75], [59, 54, 3, 23], [37, 42, 9, 20]],
+         'f11be116f8171d2c27fbcae518f0e787eca7b653861ab7ca2fa377f94091c972')),
+    "single-named_entity-tokens": (
+        {"scheme": "named_entity", "batch_tokens": 256, "bucket_window": 4}, {},
+        ([[70, 87, 56, 79], [58, 83, 19, 27], [53, 31, 1, 20]],
+         '4b5d86c29fb5fe5ae71b400fe38f9390be67faa23da436d7e7786ff343acea41')),
+    "single-noun_phrase-holdout-nosbo": (
+        {"scheme": "noun_phrase", "holdout_fraction": 0.25, "sbo_edge_spans": False}, {"sbo": False},
+        ([[65, 46, 44, 80], [66, 79, 82, 43], [24, 81, 8, 62]],
+         '33c8f83bd017ef19d02faae5ac8635ea52d6fd6a9d8aaa7dd481d03576f91148')),
+    "pair-named_entity": (
+        {"mode": "pair", "scheme": "named_entity", "batch_size": 5}, {},
+        ([[24, 37, 3, 23, 2], [68, 66, 79, 69, 82], [10, 34]],
+         '3378b04364c8c3ec4803dc49f2658f7e858d3f3c3be1b6b2e66283ee7a2705e8')),
+    "pair-whole_word-steptokens": (
+        {"mode": "pair", "scheme": "whole_word", "step_tokens": 512, "pad_to_multiple": 16}, {"world": 2, "grad_accum": 2},
+        ([[30, 64], [48, 14], [13, 88]],
+         '73bb7b30bbb5afdb14361a4ee3aac25807582bffd475b8f8e2799c97530c2d8c')),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_pinned_batches(pinned_shards, case):
+    """Three batches of each case, exactly as recorded before trainer/data.py became a package: any change to
+    the plan, the NSP pairing, the span selection, the masks or the collation shows here."""
+    data, kwargs, want = PINNED[case]
+    cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, **data})
+    stream = BlockStream(pinned_shards, cfg, max_len=64, max_sbo_targets=15, seed=3, **kwargs)
+    batches = list(itertools.islice(iter(stream), 3))
+    got = ([b["row_ids"].tolist() for b in batches], _digest(batches))
+    # A deliberate change of the stream (plan, pairing, masking, collation, or the shards' content)
+    # re-records PINNED from `got`; a refactor never does.
+    assert got == want, f"{case}: {got}"
+    assert all(set(b) <= set(Batch.__annotations__) for b in batches)  # every key is documented in Batch

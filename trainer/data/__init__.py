@@ -1,0 +1,38 @@
+"""Shards -> masked, padded batches: a deterministic, resumable stream shared by every rank, split by job.
+
+| module | job |
+|---|---|
+| `shards.py` | `ShardSet` (memory-mapped rows, checked against the manifest), `Spans`, `split_rows` (held-out documents), `shard_vocab` |
+| `plan.py` | `BatchPlan`: each epoch's micro-batches of row ids, a pure function of (seed, epoch); token budgets |
+| `pairs.py` | NSP pairing (A/B cut, IS_NEXT / NOT_NEXT) for the bi-sequence baselines |
+| `collate.py` | `BareBlock` -> masked -> `FullSequence` (with specials) -> `Batch`, the model's input |
+| `stream.py` | `BlockStream` (rank / worker split), `build_loader`, `masking_config` / `build_masker` |
+
+Data flows down this table: each module imports only those above it.
+"""
+
+from trainer.data.collate import NUM_SPECIALS, BareBlock, Batch, FullSequence, collate_blocks
+from trainer.data.pairs import IS_NEXT, NOT_NEXT, pair_block
+from trainer.data.plan import BatchPlan
+from trainer.data.shards import ShardSet, Spans, shard_vocab, split_rows
+from trainer.data.stream import BlockStream, build_loader, build_masker, masking_config
+
+__all__ = [
+    "IS_NEXT",
+    "NOT_NEXT",
+    "NUM_SPECIALS",
+    "BareBlock",
+    "Batch",
+    "BatchPlan",
+    "BlockStream",
+    "FullSequence",
+    "ShardSet",
+    "Spans",
+    "build_loader",
+    "build_masker",
+    "collate_blocks",
+    "masking_config",
+    "pair_block",
+    "shard_vocab",
+    "split_rows",
+]

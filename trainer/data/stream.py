@@ -1,0 +1,127 @@
+"""The stream: this rank's share of the endless sequence of global micro-batches, masked and collated in
+the DataLoader workers.
+
+The stream is epoch 0's batches, then epoch 1's, ... (trainer/data/plan.py). Global batch j goes to rank
+j % world; within a rank, local batches go round-robin to the DataLoader workers, which is exactly the order
+the DataLoader hands them back in. So:
+
+- every row appears exactly once per epoch across all ranks and workers (nothing dropped at the epoch
+  end: ranks simply cross into the next epoch at slightly different micro-batches);
+- the data position is one integer, the number of global batches consumed; it does not depend on the
+  world size or the number of workers, and resuming at it is exact;
+- masks are a pure function of (seed, epoch, global row id) (masking/), so no RNG state lives in the
+  workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from contract.tokenizer import Vocabulary
+from masking import Masker, MaskingConfig
+from trainer.config import DataConfig
+from trainer.data.collate import NUM_SPECIALS, BareBlock, Batch, collate_blocks
+from trainer.data.pairs import pair_block
+from trainer.data.plan import BatchPlan
+from trainer.data.shards import ShardSet, shard_vocab, split_rows
+
+
+class BlockStream(IterableDataset):
+    """This rank's share of the global batch stream, starting at global batch `start` (a multiple of world)."""
+
+    def __init__(
+        self, data_dir: str | Path, cfg: DataConfig, *, max_len: int, max_sbo_targets: int, seed: int,
+        rank: int = 0, world: int = 1, start: int = 0, sbo: bool = True, grad_accum: int = 1,
+    ):
+        super().__init__()
+        if start % world:
+            raise ValueError(f"data position {start} is not a multiple of the world size {world}")
+        self.data_dir, self.cfg, self.seed = Path(data_dir), cfg, seed
+        self.rank, self.world, self.start = rank, world, start
+        self.max_len, self.max_sbo_targets = max_len, max_sbo_targets
+        self.sbo = sbo and cfg.mode == "single"  # SBO targets only for a model with the SBO head
+        self.shards = ShardSet(data_dir, cfg.vocab_sha256)
+        self.vocab = shard_vocab(self.shards.manifest)
+        specials = NUM_SPECIALS[cfg.mode]
+        if cfg.mode == "single" and int(self.shards.lengths.max()) + specials > max_len:
+            raise ValueError(
+                f"{data_dir}: blocks up to {int(self.shards.lengths.max())} pieces + [CLS]/[SEP] exceed "
+                f"model.max_position {max_len}; re-cut the shards with a smaller block size"
+            )
+        seq_lengths = np.minimum(self.shards.lengths + specials, max_len)
+        self.train_rows, self.heldout_rows = split_rows(self.shards, cfg.holdout_fraction)
+        # world x grad_accum fixes the micro-batch budget of data.step_tokens (not the plan's rank split).
+        self.plan = BatchPlan(seq_lengths, self.train_rows, cfg, seed, cfg.micro_batch_tokens(world, grad_accum))
+        self._masker: Masker | None = None  # built lazily in each worker
+
+    @property
+    def masker(self) -> Masker:
+        if self._masker is None:  # built lazily, in the worker that uses it
+            self._masker = build_masker(
+                self.cfg, self.vocab, self.shards.manifest.unigram_counts(), self.max_sbo_targets, self.seed
+            )
+        return self._masker
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        local = worker
+        while True:
+            j = self.start + self.rank + self.world * local
+            epoch, rows = self.plan.rows(j)
+            yield self.collate(epoch, rows)
+            local += workers
+
+    # -- one batch -------------------------------------------------------------------------------
+    def collate(self, epoch: int, rows: np.ndarray) -> Batch:
+        blocks = [self.bare_block(epoch, int(r)) for r in rows]
+        batch = collate_blocks(blocks, self.masker, self.vocab, self.cfg, self.max_len, epoch, rows, sbo=self.sbo)
+        batch["row_ids"] = torch.from_numpy(rows.astype(np.int64))
+        batch["epoch"] = torch.full((len(rows),), epoch, dtype=torch.int64)
+        return batch
+
+    def bare_block(self, epoch: int, row: int) -> BareBlock:
+        """Row `row` as the masker sees it: the block (single mode), or A + B (pair mode: pairs.py)."""
+        if self.cfg.mode == "pair":
+            return pair_block(self.shards, self.train_rows, row, scheme=self.cfg.scheme, seed=self.seed, epoch=epoch,
+                              max_len=self.max_len)
+        ids, word_start = self.shards.ids(row)
+        return BareBlock(ids, word_start, self.shards.scheme_spans(row, self.cfg.scheme, 0, len(ids)))
+
+
+def masking_config(cfg: DataConfig, max_sbo_targets: int, seed: int) -> MaskingConfig:
+    """The run's masking parameters, validated by masking.MaskingConfig (a bad one fails here, at once)."""
+    return MaskingConfig(
+        scheme=cfg.scheme, mask_ratio=cfg.mask_ratio, geometric_p=cfg.geometric_p, max_span_words=cfg.max_span_words,
+        mask_prob=cfg.mask_prob, random_prob=cfg.random_prob, linguistic_share=cfg.linguistic_share,
+        excluded_entity_labels=cfg.excluded_entity_labels, max_sbo_targets=max_sbo_targets,
+        sbo_edge_spans=cfg.sbo_edge_spans, seed=seed,
+    )
+
+
+def build_masker(cfg: DataConfig, vocab: Vocabulary, unigram_counts: np.ndarray | None, max_sbo_targets: int, seed: int):
+    mcfg = masking_config(cfg, max_sbo_targets, seed)
+    return Masker(mcfg, vocab_size=vocab.size, mask_id=vocab.mask, special_ids=vocab.specials, unigram_counts=unigram_counts)
+
+
+def build_loader(stream: BlockStream, num_workers: int, pin_memory: bool) -> DataLoader:
+    # batch_size=None: the stream yields whole batches. The generator keeps DataLoader's worker seeding
+    # off the global torch RNG, so building a loader never shifts the dropout RNG (exact resume).
+    return DataLoader(
+        stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+        generator=torch.Generator().manual_seed(stream.seed), worker_init_fn=_own_process_group if num_workers else None,
+    )
+
+
+def _own_process_group(_worker_id: int) -> None:
+    # Schedulers (Slurm, Kubernetes, `kill -- -PGID`) SIGTERM the whole process group. A worker killed
+    # by that makes the DataLoader raise in the main process before it can save; in their own group the
+    # workers live on until the main process shuts them down (or exits: they watch their parent).
+    os.setpgrp()
