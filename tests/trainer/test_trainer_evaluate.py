@@ -294,7 +294,7 @@ def test_checkpoint_result_names_its_file_seed_and_the_way_out_of_an_empty_holdo
     other = evaluate_checkpoint(path, shard_dir, max_blocks=3, seed=5)  # the file itself, another mask seed
     assert other["checkpoint"] == str(path) and other["mask_seed"] == 5
     assert_matches(other, reference(model, _stream(shard_dir, cfg, seed=5), stream.heldout_rows[:3]))
-    with pytest.raises(ValueError, match=r"evaluate --split all, or give a holdout fraction"):
+    with pytest.raises(ValueError, match=r"\); evaluate --split all, or give a holdout fraction to score a fixed set of documents$"):
         evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.0)
 
 
