@@ -371,3 +371,110 @@ def test_given_spans_in_list_form_and_empty_span_arrays(make_masker):
     with pytest.raises(ValueError, match="1 blocks but spans for 2"):
         masker.mask_flat([IDS_A], [WS_A], epoch=0, block_indices=[0], entity_spans=[SPANS_A, SPANS_A],
                          entity_labels=[LABELS_A, LABELS_A])
+
+
+# -- validation boundaries, the output contract, hand-worked SBO targets -------------------------------
+
+
+def test_config_accepts_its_boundaries_and_rejects_past_them():
+    for ok in ({"geometric_p": 1.0}, {"max_span_words": 1}, {"random_prob": 0.0}, {"mask_prob": 0.0},
+               {"linguistic_share": 0.0}, {"linguistic_share": 1.0}, {"max_sbo_targets": 1},
+               {"mask_prob": 0.9, "random_prob": 0.1}):
+        MaskingConfig(**ok)
+    for bad, message in (
+        ({"geometric_p": 1.5}, "geometric_p=1.5: must lie in (0, 1]; the paper uses 0.2"),
+        ({"linguistic_share": 1.5}, "linguistic_share=1.5: must lie in [0, 1]; the paper uses 0.5"),
+        ({"linguistic_share": -0.1}, "linguistic_share=-0.1: must lie in [0, 1]; the paper uses 0.5"),
+        ({"mask_prob": 0.9, "random_prob": 0.2}, "mask_prob=0.9, random_prob=0.2: both must be >= 0 with a sum <= 1 "
+                                                 "(the rest is kept unchanged); the paper uses 0.8 and 0.1"),
+        ({"excluded_entity_labels": "DATE"}, "excluded_entity_labels: give a tuple of labels, not one string"),
+    ):
+        with pytest.raises(ValueError) as err:
+            MaskingConfig(**bad)
+        assert str(err.value) == message
+
+
+def test_masker_and_replacer_validate_what_they_are_given():
+    def masker(vocab_size=50, mask_id=3, special_ids=(0, 1, 2), **kw):
+        return Masker(MaskingConfig(), vocab_size=vocab_size, mask_id=mask_id, special_ids=special_ids, **kw)
+
+    assert masker().vocab_size == 50
+    with pytest.raises(ValueError, match=r"^vocab_size=0: must be >= 1$"):
+        masker(vocab_size=0, special_ids=(), mask_id=0)
+    for special_ids in ((-1, 5), (1, 2, 50), (50,)):
+        with pytest.raises(ValueError, match=r"^special ids \[.*\] must lie in \[0, 50\)$"):
+            masker(special_ids=special_ids)
+    counts = np.zeros(50)
+    for bad, message in ((np.where(np.arange(50) == 7, -1.0, 1.0), "unigram_counts must be finite and non-negative"),
+                         (np.where(np.arange(50) == 7, np.nan, 1.0), "unigram_counts must be finite and non-negative"),
+                         (np.where(np.arange(50) == 7, np.inf, 1.0), "unigram_counts must be finite and non-negative"),
+                         (counts, "unigram_counts gives no weight to any non-special id"),
+                         (np.where(np.arange(50) < 4, 5.0, 0.0), "unigram_counts gives no weight to any non-special id")):
+        with pytest.raises(ValueError) as err:
+            masker(unigram_counts=bad)
+        assert str(err.value) == message
+    with pytest.raises(ValueError, match=r"^2 blocks but 1 block_indices$"):
+        masker().mask_flat([np.arange(5, 9)] * 2, [np.ones(4, bool)] * 2, epoch=0, block_indices=[0])
+    with pytest.raises(ValueError, match=r"^epoch and block indices must be >= 0$"):
+        masker().mask_flat([np.arange(5, 9)], [np.ones(4, bool)], epoch=0, block_indices=[-1])
+    # One id with weight 1 (a total weight of 1) is a valid distribution: every random token is that id.
+    one = Masker(MaskingConfig(mask_prob=0.0, random_prob=1.0), vocab_size=50, mask_id=3, special_ids=(0, 1, 2),
+                 unigram_counts=np.where(np.arange(50) == 7, 1.0, 0.0))
+    mb = one.mask_block(np.arange(10, 50, dtype=np.int32), np.ones(40, bool), epoch=0, block_index=0)
+    assert len(mb.mlm_positions) == 6 and (mb.input_ids[mb.mlm_positions] == 7).all()
+
+
+def test_output_ids_follow_each_positions_replacement(wiki_blocks, make_masker, specials):
+    """[MASK] where the action is MASK, the original id where it is KEEP, a non-special id where RANDOM;
+    every other position untouched; every array int32 (MaskedBlock's contract)."""
+    from masking import KEEP, MASK, RANDOM
+
+    out = make_masker("geometric", seed=2).mask_batch([t.input_ids for t in wiki_blocks[:30]],
+                                                      [t.word_start for t in wiki_blocks[:30]], epoch=0,
+                                                      block_indices=np.arange(30))
+    special = np.zeros(28996, bool)
+    special[list(specials.specials)] = True
+    seen = set()
+    for t, mb in zip(wiki_blocks[:30], out, strict=True):
+        for f in fields(MaskedBlock):
+            assert getattr(mb, f.name).dtype == np.int32, f.name
+        pos, act = mb.mlm_positions, mb.mlm_replacement
+        assert (mb.input_ids[pos[act == MASK]] == specials.mask).all()
+        assert (mb.input_ids[pos[act == KEEP]] == t.input_ids[pos[act == KEEP]]).all()
+        assert not special[mb.input_ids[pos[act == RANDOM]]].any()
+        rest = np.ones(len(t.input_ids), bool)
+        rest[pos] = False
+        assert (mb.input_ids[rest] == t.input_ids[rest]).all()
+        seen |= set(act.tolist())
+    assert seen == {MASK, RANDOM, KEEP}
+
+
+def test_a_block_of_special_pieces_gets_no_targets(make_masker, specials):
+    """Last in its batch, a block with nothing maskable has empty MLM / SBO / span rows (its CSR offsets
+    still close the batch)."""
+    ids = [np.arange(1000, 1020, dtype=np.int32), np.array([specials.cls, specials.sep], np.int32)]
+    a, b = make_masker().mask_batch(ids, [np.ones(20, bool), np.ones(2, bool)], epoch=0, block_indices=[0, 1])
+    assert len(a.mlm_positions) == 3 and len(a.sbo_positions) == 3
+    assert len(b.mlm_positions) == len(b.sbo_positions) == len(b.spans) == 0
+    assert b.input_ids.tolist() == ids[1].tolist()
+
+
+@pytest.mark.parametrize("edge_spans", [True, False])
+def test_merge_spans_hand_worked(edge_spans):
+    """Two blocks of 10 and 6 pieces; masked: block 0 pieces 0 1 | 4 5 6 | 9, block 1 pieces 1 2.
+    Merged runs [0, 2) [4, 7) [9, 10) and [1, 3); max_targets 2: the third piece of [4, 7) gets none;
+    without edge spans, [0, 2) (left boundary -1, [CLS]) and [9, 10) (right boundary 10 = n, [SEP]) get none,
+    while [1, 3) of block 1 (left boundary 0, a real piece) keeps its targets."""
+    from masking.sbo import merge_spans
+
+    block = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    pos = np.array([0, 1, 4, 5, 6, 9, 1, 2])
+    t = merge_spans(np.array([10, 6]), block, pos, 2, edge_spans)
+    assert (t.span_block.tolist(), t.span_start.tolist(), t.span_end.tolist()) == ([0, 0, 0, 1], [0, 4, 9, 1], [2, 7, 10, 3])
+    assert t.rel.tolist() == [1, 2, 1, 2, 3, 1, 1, 2]
+    assert t.left.tolist() == [-1, -1, 3, 3, 3, 8, 0, 0]
+    assert t.right.tolist() == [2, 2, 7, 7, 7, 10, 3, 3]
+    want = [1, 1, 1, 1, 0, 1, 1, 1] if edge_spans else [0, 0, 1, 1, 0, 0, 1, 1]
+    assert t.select.tolist() == [bool(w) for w in want]
+    empty = merge_spans(np.array([10]), np.zeros(0, np.int64), np.zeros(0, np.int64), 2, edge_spans)
+    assert len(empty.span_start) == len(empty.span_end) == len(empty.select) == 0
