@@ -478,3 +478,25 @@ def test_merge_spans_hand_worked(edge_spans):
     assert t.select.tolist() == [bool(w) for w in want]
     empty = merge_spans(np.array([10]), np.zeros(0, np.int64), np.zeros(0, np.int64), 2, edge_spans)
     assert len(empty.span_start) == len(empty.span_end) == len(empty.select) == 0
+
+
+def test_seed_is_a_64_bit_unsigned_int():
+    for ok in (0, 2**63, 2**64 - 1, np.uint64(5), np.int64(7)):
+        MaskingConfig(seed=ok)
+    for bad in (2**64, 1.5, True, "3"):
+        with pytest.raises(ValueError, match=r"must be an int in \[0, 2\*\*64\)$"):
+            MaskingConfig(seed=bad)
+
+
+def test_an_empty_batch_and_the_default_word_units(make_masker):
+    from masking.layout import build_layout
+
+    assert make_masker().mask_batch([], [], epoch=0, block_indices=[]) == []
+    flat = make_masker().mask_flat([], [], epoch=0, block_indices=[])
+    assert len(flat) == 0 and flat.input_ids.dtype == np.int32 and len(flat.input_ids) == 0
+    # Without every_piece_a_word, words come from word_start: [1000 ##1001 1002] is 2 words of 2 and 1 pieces.
+    special = np.zeros(2000, bool)
+    layout = build_layout([np.array([1000, 1001, 1002])], [np.array([1, 0, 1], bool)], special, 0.15)
+    assert layout.word_len.tolist() == [2, 1]
+    with pytest.raises(ValueError, match=r"^1 input_ids arrays but 2 word_start arrays$"):
+        build_layout([np.array([1000])], [np.ones(1, bool)] * 2, special, 0.15)
