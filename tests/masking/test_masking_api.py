@@ -500,3 +500,31 @@ def test_an_empty_batch_and_the_default_word_units(make_masker):
     assert layout.word_len.tolist() == [2, 1]
     with pytest.raises(ValueError, match=r"^1 input_ids arrays but 2 word_start arrays$"):
         build_layout([np.array([1000])], [np.ones(1, bool)] * 2, special, 0.15)
+
+
+def test_layout_words_and_budgets_hand_worked():
+    """Budget = round half up of 0.15 x the block's non-special pieces, at least 1, and 0 with none; words
+    begin at word starts, at each block's first piece, and at and after every special piece."""
+    from masking.layout import build_layout
+
+    special = np.zeros(2000, bool)
+    special[[0, 101, 102]] = True  # [PAD] (id 0), [CLS], [SEP]
+    blocks = [
+        np.array([101, 1000, 1001, 1002, 102]),  # a special first piece, one word of 3 pieces, a special last
+        np.array([1020, 1021, 1022]),  # round(0.45 + 0.5) = 0 -> at least 1
+        np.array([1003]),  # one piece whose word_start says "continuation": a block still starts a word
+        np.array([101] + list(range(1004, 1020)) + [102, 0, 1020]),  # 17 maskable of 20: round(2.55 + 0.5) = 3
+        np.array([101, 102]),  # nothing maskable: budget 0
+        np.arange(1030, 1050),  # 20 maskable: round(3.0 + 0.5) = 3
+    ]
+    starts = [np.array([1, 1, 0, 0, 1], bool), np.ones(3, bool), np.zeros(1, bool), np.ones(20, bool),
+              np.ones(2, bool), np.ones(20, bool)]
+    layout = build_layout(blocks, starts, special, 0.15)
+    assert layout.budget.tolist() == [1, 1, 1, 3, 0, 3] and layout.budget.dtype == np.int64
+    # [CLS] | 1000 ##1001 ##1002 | [SEP] || 1020 | 1021 | 1022 || 1003
+    assert layout.word_len[:7].tolist() == [1, 3, 1, 1, 1, 1, 1]
+    assert layout.n_candidates.tolist() == [1, 3, 1, 17, 0, 20]
+    # Ids must index is_special: 0 ([PAD]) is an id; len(is_special) is not.
+    build_layout([np.array([0, 1000])], [np.ones(2, bool)], special, 0.15)
+    with pytest.raises(ValueError, match="input_ids must lie in"):
+        build_layout([np.array([1000, 2000])], [np.ones(2, bool)], special, 0.15)
