@@ -1,6 +1,7 @@
 """`make mutate`: mutmut over the core, one group of modules at a time against the fast tests that cover it.
 
     python tests/mutate.py run [GROUP ...] [--jobs N]   # default: every group (hours on 2 cores)
+    python tests/mutate.py run GROUP --recheck          # only the last run's survivors, against today's tests
     python tests/mutate.py report [GROUP ...]           # the per-module table of the last run(s)
 
 mutmut reads one `[tool.mutmut]` table and runs, for each mutant, the selected tests that execute the
@@ -38,6 +39,7 @@ class Group:
     mutants: tuple[str, ...]  # mutant-name globs run (module.x_function__mutmut_N)
     tests: tuple[str, ...]  # test selection
     deselect: str = ""  # pytest -k expression
+    cached_shards: bool = False  # tests/mutate_plugin.py: only where the mutated files cannot reach the pipeline
 
 
 GROUPS = (
@@ -47,7 +49,8 @@ GROUPS = (
           ("trainer.evaluate.x_evaluate__*", "trainer.evaluate.x_evaluate_checkpoint__*",  # not main: the CLI
            "trainer.train.x_target_counts__*", "trainer.train.x_global_counts__*", "trainer.train.x_train_step__*"),
           ("tests/trainer/test_trainer_evaluate.py",
-           "tests/trainer/test_trainer_ddp.py::test_gradients_identical_for_1x2B_accumulation_and_2_gloo_ranks")),
+           "tests/trainer/test_trainer_ddp.py::test_gradients_identical_for_1x2B_accumulation_and_2_gloo_ranks"),
+          cached_shards=True),
     # The span machinery: no spaCy, no subprocess — seconds per mutant.
     Group("masking", tuple(f"masking/{m}.py" for m in ("sbo", "replace", "sampler", "layout", "rng", "masker", "config")),
           tuple(f"masking.{m}.*" for m in ("sbo", "replace", "sampler", "layout", "rng", "masker", "config")),
@@ -57,7 +60,8 @@ GROUPS = (
     # Entity / noun-phrase spans: needs the spaCy-annotated blocks.
     Group("masking-given", ("masking/given.py",), ("masking.given.*",),
           ("tests/masking/test_masking_realised.py", "tests/masking/test_masking_statistics.py",
-           "tests/masking/test_masking_properties.py"), "linguistic or given or invariants"),
+           "tests/masking/test_masking_properties.py", "tests/masking/test_masking_api.py"),
+          "linguistic or given or invariants"),
     # Reporting: `masking.stats` runs in subprocesses (untraced), so most of it is reached only through corpus.
     Group("masking-stats", ("masking/stats.py", "masking/corpus.py"), ("masking.stats.*", "masking.corpus.*"),
           ("tests/masking/test_masking_api.py", "tests/masking/test_masking_realised.py")),
@@ -90,39 +94,69 @@ def prepare(group: Group) -> Path:
     base = text[text.index("[tool.mutmut]"):]
     base = base[: base.index("\n[", 1)] if "\n[" in base[1:] else base
     table = [line for line in base.splitlines()[1:]
-             if not line.startswith(("only_mutate", "pytest_add_cli_args_test_selection", "pytest_add_cli_args ="))
-             and not line.startswith(("    \"tests/", "]"))]
+             if not line.startswith(("source_paths", "only_mutate", "pytest_add_cli_args_test_selection",
+                                     "pytest_add_cli_args =")) and not line.startswith(("    \"tests/", "]"))]
+    # mutmut mutates only under source_paths: the base's, plus the packages this group's files live in
+    # (contract/ is otherwise only copied, and its block builder and aligner would go unmutated).
+    paths = json.loads(re.search(r"^source_paths = (.*)$", base, re.M).group(1))
+    paths += sorted({f.split("/")[0] for f in group.files} - set(paths))
     args = ["-p", "no:cacheprovider", "-q"] + (["-k", group.deselect] if group.deselect else [])
-    table += [f"only_mutate = {_toml_list(group.files)}", f"pytest_add_cli_args = {_toml_list(tuple(args))}",
+    table += [f"source_paths = {_toml_list(tuple(paths))}", f"only_mutate = {_toml_list(group.files)}",
+              f"pytest_add_cli_args = {_toml_list(tuple(args))}",
               f"pytest_add_cli_args_test_selection = {_toml_list(group.tests)}"]
     (root / "pyproject.toml").write_text(text.replace(base, "[tool.mutmut]\n" + "\n".join(table) + "\n"))
     return root
 
 
-def run(groups: list[Group], jobs: int) -> None:
+def _verdicts(group: Group) -> dict[str, int | None]:
+    """mutant name -> mutmut exit code, for this group's mutants in its last run."""
+    out = {}
+    for meta in sorted((BUILD / group.name / "mutants").rglob("*.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if any(fnmatch.fnmatch(name, p) for p in group.mutants):
+                out[name] = code
+    return out
+
+
+def _env(group: Group, root: Path) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if group.cached_shards:  # through the environment: mutmut's cached verdicts key on its pytest arguments
+        env |= {"PYTEST_PLUGINS": "tests.mutate_plugin", "MUTATE_SHARD_CACHE": str(root / "shard-cache")}
+    return env
+
+
+def run(groups: list[Group], jobs: int, recheck: bool = False) -> None:
+    """`recheck`: run again only the last run's survivors and unreached mutants, against the tests as they
+    are now (tests added to the selected files; a changed selection would make mutmut drop every verdict)."""
     mutmut = Path(sys.executable).parent / "mutmut"
     for g in groups:
+        names = list(g.mutants)
+        if recheck:
+            names = [n for n, code in _verdicts(g).items() if code in SURVIVED | NO_TESTS]
+            if not names:
+                print(f"[mutate] {g.name}: nothing to recheck", flush=True)
+                continue
         root = prepare(g)
-        shutil.rmtree(root / "mutants", ignore_errors=True)
-        print(f"[mutate] {g.name}: {' '.join(g.mutants)} against {' '.join(g.tests)}", flush=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        subprocess.run(["nice", "-n", "19", str(mutmut), "run", "--max-children", str(jobs), *g.mutants],
-                       cwd=root, env=env, check=False)
+        if not recheck:
+            shutil.rmtree(root / "mutants", ignore_errors=True)
+        print(f"[mutate] {g.name}: {len(names) if recheck else ' '.join(names)} mutants against {' '.join(g.tests)}",
+              flush=True)
+        subprocess.run(["nice", "-n", "19", str(mutmut), "run", "--max-children", str(jobs), *names],
+                       cwd=root, env=_env(g, root), check=False)
 
 
 def report(groups: list[Group]) -> int:
     by_module: dict[str, Counter] = defaultdict(Counter)
     survivors = []
     for g in groups:
-        for meta in sorted((BUILD / g.name / "mutants").rglob("*.meta")):
-            for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-                if code in NOT_CHECKED or not any(fnmatch.fnmatch(name, p) for p in g.mutants):
-                    continue
-                kind = ("killed" if code in KILLED else "survived" if code in SURVIVED else "no tests"
-                        if code in NO_TESTS else "timeout" if code in TIMEOUT else "suspicious")
-                by_module[re.sub(r"\.x.*$", "", name)][kind] += 1
-                if kind != "killed":
-                    survivors.append(f"{kind:>10}  {g.name:<14} {name}")
+        for name, code in _verdicts(g).items():
+            if code in NOT_CHECKED:
+                continue
+            kind = ("killed" if code in KILLED else "survived" if code in SURVIVED else "no tests"
+                    if code in NO_TESTS else "timeout" if code in TIMEOUT else "suspicious")
+            by_module[re.sub(r"\.x.*$", "", name)][kind] += 1
+            if kind != "killed":
+                survivors.append(f"{kind:>10}  {g.name:<14} {name}")
     if not by_module:
         print("no checked mutants: run `make mutate` first")
         return 1
@@ -142,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=("run", "report"))
     p.add_argument("groups", nargs="*", help=f"default: all of {[g.name for g in GROUPS]}")
     p.add_argument("--jobs", type=int, default=1, help="mutants tested in parallel (the machine is shared)")
+    p.add_argument("--recheck", action="store_true",
+                   help="run: only the last run's survivors and unreached mutants, against the current tests")
     args = p.parse_args(argv)
     unknown = set(args.groups) - {g.name for g in GROUPS}
     if unknown:
@@ -149,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     groups = [g for g in GROUPS if not args.groups or g.name in args.groups]
     if args.command == "run":
-        run(groups, args.jobs)
+        run(groups, args.jobs, args.recheck)
     return report(groups)
 
 

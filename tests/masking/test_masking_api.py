@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from masking import SCHEMES, MaskedBlock, Masker, MaskingConfig
+from masking.sampler import GIVEN_SPAN_ID
 from tests.conftest import GUTENBERG, REPO, VOCAB
 
 
@@ -275,3 +276,255 @@ def test_same_mask_in_another_process(tmp_path, wiki_blocks, make_masker, specia
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)
     here = make_masker(seed=4).mask_block(t.input_ids, t.word_start, epoch=2, block_index=77)
     assert json.loads(out.stdout) == here.input_ids.tolist()
+
+
+# -- given (entity / noun-phrase) spans through the public API, hand-worked: no spaCy --------------
+# The spaCy-annotated tests (test_masking_statistics / _properties / _realised) check the share statistically
+# on real text; here every number is worked out by hand from docs/masking.md, so a span that is dropped,
+# not widened to whole words, kept although numeric, or handed to the wrong block shows.
+#
+# Block A: 30 pieces, every piece a word except piece 11 (a "##" continuation of piece 10). Its budget is
+# round(0.15 · 30) = 5 pieces; the linguistic share is round(0.5 · 5) = 3. Its spans: [11, 13) PERSON —
+# widened to the whole word at 10, so pieces 10, 11, 12 (3 pieces: 2 · 0 + 3 <= 2 · 3, taken) — and
+# [20, 22) DATE (numeric: never a given span). The rest of the budget, 2 pieces, goes to random single words.
+
+IDS_A = np.arange(1000, 1030, dtype=np.int32)
+WS_A = np.ones(30, bool)
+WS_A[11] = False
+SPANS_A, LABELS_A = np.array([[11, 13], [20, 22]]), ["PERSON", "DATE"]
+# Block B: 20 one-piece words, budget round(3.0) = 3, share round(2.0) = 2: [0, 2) ORG is taken whole
+# (2 <= 2); [1, 3) GPE overlaps it and starts later, so it is dropped before the shuffle.
+IDS_B = np.arange(2000, 2020, dtype=np.int32)
+WS_B = np.ones(20, bool)
+SPANS_B, LABELS_B = np.array([[1, 3], [0, 2]]), ["GPE", "ORG"]
+
+
+def given_positions(mb) -> dict[int, int]:
+    """position -> span id, for the pieces masked by a given span."""
+    return {int(p): int(s) for p, s in zip(mb.mlm_positions, mb.mlm_span, strict=True) if s >= GIVEN_SPAN_ID}
+
+
+def check_a(mb) -> None:
+    assert given_positions(mb) == {10: GIVEN_SPAN_ID + 10, 11: GIVEN_SPAN_ID + 10, 12: GIVEN_SPAN_ID + 10}
+    assert len(mb.mlm_positions) == 5  # the whole budget: 3 given + 2 random words
+    assert (mb.mlm_labels == IDS_A[mb.mlm_positions]).all()
+
+
+def check_b(mb) -> None:
+    assert given_positions(mb) == {0: GIVEN_SPAN_ID + 0, 1: GIVEN_SPAN_ID + 0}
+    assert len(mb.mlm_positions) == 3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_given_entity_span_is_widened_to_whole_words_and_numeric_ones_are_skipped(make_masker, seed):
+    masker = make_masker("named_entity", seed=seed)
+    mb = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4, entity_spans=SPANS_A, entity_labels=LABELS_A)
+    check_a(mb)
+    # With only the numeric mention, nothing is given: the budget goes to random words alone.
+    only_date = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4, entity_spans=SPANS_A[1:], entity_labels=["DATE"])
+    assert given_positions(only_date) == {} and len(only_date.mlm_positions) == 5
+    none = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4)
+    assert given_positions(none) == {} and len(none.mlm_positions) == 5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_given_noun_phrase_spans_need_no_labels(make_masker, seed):
+    masker = make_masker("noun_phrase", seed=seed)
+    # Entity spans are ignored by the noun-phrase scheme, and noun phrases carry no labels.
+    mb = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4, noun_phrase_spans=SPANS_A[:1],
+                           entity_spans=SPANS_A[1:], entity_labels=["PERSON"])
+    check_a(mb)
+    b = masker.mask_block(IDS_B, WS_B, epoch=0, block_index=9, noun_phrase_spans=SPANS_B)
+    check_b(b)
+
+
+@pytest.mark.parametrize("scheme", ["named_entity", "noun_phrase"])
+def test_given_spans_batch_hands_each_block_its_own(make_masker, scheme):
+    """mask_batch / mask_flat over [A, nothing, B] equal the three blocks masked one at a time."""
+    masker = make_masker(scheme, seed=5)
+    ne = scheme == "named_entity"
+    spans = [SPANS_A, None, SPANS_B]
+    kw = {"entity_spans": spans, "entity_labels": [LABELS_A, None, LABELS_B]} if ne else {"noun_phrase_spans": spans}
+    ids, ws = [IDS_A, IDS_A, IDS_B], [WS_A, WS_A, WS_B]
+    batch = masker.mask_batch(ids, ws, epoch=1, block_indices=[4, 6, 9], **kw)
+    check_a(batch[0])
+    assert given_positions(batch[1]) == {} and len(batch[1].mlm_positions) == 5
+    check_b(batch[2])
+    for b, (block_index, mb) in enumerate(zip([4, 6, 9], batch, strict=True)):
+        one = {k: v[b] for k, v in kw.items()}
+        alone = masker.mask_block(ids[b], ws[b], epoch=1, block_index=block_index, **one)
+        assert alone.mlm_positions.tolist() == mb.mlm_positions.tolist()
+        assert alone.mlm_span.tolist() == mb.mlm_span.tolist()
+        assert alone.input_ids.tolist() == mb.input_ids.tolist()
+    flat = masker.mask_flat(ids, ws, epoch=1, block_indices=[4, 6, 9], **kw)
+    assert flat.mlm_positions.tolist() == np.concatenate([mb.mlm_positions for mb in batch]).tolist()
+
+
+def test_given_spans_in_list_form_and_empty_span_arrays(make_masker):
+    """Spans as plain lists are accepted; an empty array is no spans (not an error)."""
+    masker = make_masker("named_entity", seed=3)
+    mb = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4, entity_spans=[[11, 13]], entity_labels=["PERSON"])
+    check_a(mb)
+    empty = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4, entity_spans=np.zeros((0, 2), np.int64),
+                              entity_labels=[])
+    assert given_positions(empty) == {} and len(empty.mlm_positions) == 5
+    with pytest.raises(ValueError, match="1 blocks but spans for 2"):
+        masker.mask_flat([IDS_A], [WS_A], epoch=0, block_indices=[0], entity_spans=[SPANS_A, SPANS_A],
+                         entity_labels=[LABELS_A, LABELS_A])
+
+
+# -- validation boundaries, the output contract, hand-worked SBO targets -------------------------------
+
+
+def test_config_accepts_its_boundaries_and_rejects_past_them():
+    for ok in ({"geometric_p": 1.0}, {"max_span_words": 1}, {"random_prob": 0.0}, {"mask_prob": 0.0},
+               {"linguistic_share": 0.0}, {"linguistic_share": 1.0}, {"max_sbo_targets": 1},
+               {"mask_prob": 0.9, "random_prob": 0.1}):
+        MaskingConfig(**ok)
+    for bad, message in (
+        ({"geometric_p": 1.5}, "geometric_p=1.5: must lie in (0, 1]; the paper uses 0.2"),
+        ({"linguistic_share": 1.5}, "linguistic_share=1.5: must lie in [0, 1]; the paper uses 0.5"),
+        ({"linguistic_share": -0.1}, "linguistic_share=-0.1: must lie in [0, 1]; the paper uses 0.5"),
+        ({"mask_prob": 0.9, "random_prob": 0.2}, "mask_prob=0.9, random_prob=0.2: both must be >= 0 with a sum <= 1 "
+                                                 "(the rest is kept unchanged); the paper uses 0.8 and 0.1"),
+        ({"excluded_entity_labels": "DATE"}, "excluded_entity_labels: give a tuple of labels, not one string"),
+    ):
+        with pytest.raises(ValueError) as err:
+            MaskingConfig(**bad)
+        assert str(err.value) == message
+
+
+def test_masker_and_replacer_validate_what_they_are_given():
+    def masker(vocab_size=50, mask_id=3, special_ids=(0, 1, 2), **kw):
+        return Masker(MaskingConfig(), vocab_size=vocab_size, mask_id=mask_id, special_ids=special_ids, **kw)
+
+    assert masker().vocab_size == 50
+    with pytest.raises(ValueError, match=r"^vocab_size=0: must be >= 1$"):
+        masker(vocab_size=0, special_ids=(), mask_id=0)
+    for special_ids in ((-1, 5), (1, 2, 50), (50,)):
+        with pytest.raises(ValueError, match=r"^special ids \[.*\] must lie in \[0, 50\)$"):
+            masker(special_ids=special_ids)
+    counts = np.zeros(50)
+    for bad, message in ((np.where(np.arange(50) == 7, -1.0, 1.0), "unigram_counts must be finite and non-negative"),
+                         (np.where(np.arange(50) == 7, np.nan, 1.0), "unigram_counts must be finite and non-negative"),
+                         (np.where(np.arange(50) == 7, np.inf, 1.0), "unigram_counts must be finite and non-negative"),
+                         (counts, "unigram_counts gives no weight to any non-special id"),
+                         (np.where(np.arange(50) < 4, 5.0, 0.0), "unigram_counts gives no weight to any non-special id")):
+        with pytest.raises(ValueError) as err:
+            masker(unigram_counts=bad)
+        assert str(err.value) == message
+    with pytest.raises(ValueError, match=r"^2 blocks but 1 block_indices$"):
+        masker().mask_flat([np.arange(5, 9)] * 2, [np.ones(4, bool)] * 2, epoch=0, block_indices=[0])
+    with pytest.raises(ValueError, match=r"^epoch and block indices must be >= 0$"):
+        masker().mask_flat([np.arange(5, 9)], [np.ones(4, bool)], epoch=0, block_indices=[-1])
+    # One id with weight 1 (a total weight of 1) is a valid distribution: every random token is that id.
+    one = Masker(MaskingConfig(mask_prob=0.0, random_prob=1.0), vocab_size=50, mask_id=3, special_ids=(0, 1, 2),
+                 unigram_counts=np.where(np.arange(50) == 7, 1.0, 0.0))
+    mb = one.mask_block(np.arange(10, 50, dtype=np.int32), np.ones(40, bool), epoch=0, block_index=0)
+    assert len(mb.mlm_positions) == 6 and (mb.input_ids[mb.mlm_positions] == 7).all()
+
+
+def test_output_ids_follow_each_positions_replacement(wiki_blocks, make_masker, specials):
+    """[MASK] where the action is MASK, the original id where it is KEEP, a non-special id where RANDOM;
+    every other position untouched; every array int32 (MaskedBlock's contract)."""
+    from masking import KEEP, MASK, RANDOM
+
+    out = make_masker("geometric", seed=2).mask_batch([t.input_ids for t in wiki_blocks[:30]],
+                                                      [t.word_start for t in wiki_blocks[:30]], epoch=0,
+                                                      block_indices=np.arange(30))
+    special = np.zeros(28996, bool)
+    special[list(specials.specials)] = True
+    seen = set()
+    for t, mb in zip(wiki_blocks[:30], out, strict=True):
+        for f in fields(MaskedBlock):
+            assert getattr(mb, f.name).dtype == np.int32, f.name
+        pos, act = mb.mlm_positions, mb.mlm_replacement
+        assert (mb.input_ids[pos[act == MASK]] == specials.mask).all()
+        assert (mb.input_ids[pos[act == KEEP]] == t.input_ids[pos[act == KEEP]]).all()
+        assert not special[mb.input_ids[pos[act == RANDOM]]].any()
+        rest = np.ones(len(t.input_ids), bool)
+        rest[pos] = False
+        assert (mb.input_ids[rest] == t.input_ids[rest]).all()
+        seen |= set(act.tolist())
+    assert seen == {MASK, RANDOM, KEEP}
+
+
+def test_a_block_of_special_pieces_gets_no_targets(make_masker, specials):
+    """Last in its batch, a block with nothing maskable has empty MLM / SBO / span rows (its CSR offsets
+    still close the batch)."""
+    ids = [np.arange(1000, 1020, dtype=np.int32), np.array([specials.cls, specials.sep], np.int32)]
+    a, b = make_masker().mask_batch(ids, [np.ones(20, bool), np.ones(2, bool)], epoch=0, block_indices=[0, 1])
+    assert len(a.mlm_positions) == 3 and len(a.sbo_positions) == 3
+    assert len(b.mlm_positions) == len(b.sbo_positions) == len(b.spans) == 0
+    assert b.input_ids.tolist() == ids[1].tolist()
+
+
+@pytest.mark.parametrize("edge_spans", [True, False])
+def test_merge_spans_hand_worked(edge_spans):
+    """Two blocks of 10 and 6 pieces; masked: block 0 pieces 0 1 | 4 5 6 | 9, block 1 pieces 1 2.
+    Merged runs [0, 2) [4, 7) [9, 10) and [1, 3); max_targets 2: the third piece of [4, 7) gets none;
+    without edge spans, [0, 2) (left boundary -1, [CLS]) and [9, 10) (right boundary 10 = n, [SEP]) get none,
+    while [1, 3) of block 1 (left boundary 0, a real piece) keeps its targets."""
+    from masking.sbo import merge_spans
+
+    block = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    pos = np.array([0, 1, 4, 5, 6, 9, 1, 2])
+    t = merge_spans(np.array([10, 6]), block, pos, 2, edge_spans)
+    assert (t.span_block.tolist(), t.span_start.tolist(), t.span_end.tolist()) == ([0, 0, 0, 1], [0, 4, 9, 1], [2, 7, 10, 3])
+    assert t.rel.tolist() == [1, 2, 1, 2, 3, 1, 1, 2]
+    assert t.left.tolist() == [-1, -1, 3, 3, 3, 8, 0, 0]
+    assert t.right.tolist() == [2, 2, 7, 7, 7, 10, 3, 3]
+    want = [1, 1, 1, 1, 0, 1, 1, 1] if edge_spans else [0, 0, 1, 1, 0, 0, 1, 1]
+    assert t.select.tolist() == [bool(w) for w in want]
+    empty = merge_spans(np.array([10]), np.zeros(0, np.int64), np.zeros(0, np.int64), 2, edge_spans)
+    assert len(empty.span_start) == len(empty.span_end) == len(empty.select) == 0
+
+
+def test_seed_is_a_64_bit_unsigned_int():
+    for ok in (0, 2**63, 2**64 - 1, np.uint64(5), np.int64(7)):
+        MaskingConfig(seed=ok)
+    for bad in (2**64, 1.5, True, "3"):
+        with pytest.raises(ValueError, match=r"must be an int in \[0, 2\*\*64\)$"):
+            MaskingConfig(seed=bad)
+
+
+def test_an_empty_batch_and_the_default_word_units(make_masker):
+    from masking.layout import build_layout
+
+    assert make_masker().mask_batch([], [], epoch=0, block_indices=[]) == []
+    flat = make_masker().mask_flat([], [], epoch=0, block_indices=[])
+    assert len(flat) == 0 and flat.input_ids.dtype == np.int32 and len(flat.input_ids) == 0
+    # Without every_piece_a_word, words come from word_start: [1000 ##1001 1002] is 2 words of 2 and 1 pieces.
+    special = np.zeros(2000, bool)
+    layout = build_layout([np.array([1000, 1001, 1002])], [np.array([1, 0, 1], bool)], special, 0.15)
+    assert layout.word_len.tolist() == [2, 1]
+    with pytest.raises(ValueError, match=r"^1 input_ids arrays but 2 word_start arrays$"):
+        build_layout([np.array([1000])], [np.ones(1, bool)] * 2, special, 0.15)
+
+
+def test_layout_words_and_budgets_hand_worked():
+    """Budget = round half up of 0.15 x the block's non-special pieces, at least 1, and 0 with none; words
+    begin at word starts, at each block's first piece, and at and after every special piece."""
+    from masking.layout import build_layout
+
+    special = np.zeros(2000, bool)
+    special[[0, 101, 102]] = True  # [PAD] (id 0), [CLS], [SEP]
+    blocks = [
+        np.array([101, 1000, 1001, 1002, 102]),  # a special first piece, one word of 3 pieces, a special last
+        np.array([1020, 1021, 1022]),  # round(0.45 + 0.5) = 0 -> at least 1
+        np.array([1003]),  # one piece whose word_start says "continuation": a block still starts a word
+        np.array([101] + list(range(1004, 1020)) + [102, 0, 1020]),  # 17 maskable of 20: round(2.55 + 0.5) = 3
+        np.array([101, 102]),  # nothing maskable: budget 0
+        np.arange(1030, 1050),  # 20 maskable: round(3.0 + 0.5) = 3
+    ]
+    starts = [np.array([1, 1, 0, 0, 1], bool), np.ones(3, bool), np.zeros(1, bool), np.ones(20, bool),
+              np.ones(2, bool), np.ones(20, bool)]
+    layout = build_layout(blocks, starts, special, 0.15)
+    assert layout.budget.tolist() == [1, 1, 1, 3, 0, 3] and layout.budget.dtype == np.int64
+    # [CLS] | 1000 ##1001 ##1002 | [SEP] || 1020 | 1021 | 1022 || 1003
+    assert layout.word_len[:7].tolist() == [1, 3, 1, 1, 1, 1, 1]
+    assert layout.n_candidates.tolist() == [1, 3, 1, 17, 0, 20]
+    # Ids must index is_special: 0 ([PAD]) is an id; len(is_special) is not.
+    build_layout([np.array([0, 1000])], [np.ones(2, bool)], special, 0.15)
+    with pytest.raises(ValueError, match="input_ids must lie in"):
+        build_layout([np.array([1000, 2000])], [np.ones(2, bool)], special, 0.15)

@@ -164,3 +164,99 @@ def test_nearly_all_masked_tiny_blocks_equal_the_sequential_loop(real_blocks, to
             lo, hi = layout.block_words[b], layout.block_words[b + 1]
             np.testing.assert_array_equal(sel.span_id[lo:hi], span)
             assert sel.remaining[b] == remaining
+
+
+
+@pytest.mark.parametrize("scheme", ["geometric", "whole_word", "subword"])
+def test_a_budget_of_every_word_masks_every_word(make_masker, scheme):
+    """Hand-worked: n one-piece words with mask_ratio 0.95 have a budget of round(0.95 n) = n for n <= 10,
+    and one-piece words always fit, so the loop runs until every word is masked — however the draws fall
+    (anchors landing on masked words, void spans). A block must not stop while budget is left because
+    its count of free words went wrong."""
+    masker = make_masker(scheme, mask_ratio=0.95, seed=7)
+    sizes = [n for n in range(2, 11) for _ in range(40)]
+    ids = [np.arange(1000, 1000 + n, dtype=np.int32) for n in sizes]
+    out = masker.mask_batch(ids, [np.ones(n, bool) for n in sizes], epoch=0, block_indices=np.arange(len(sizes)))
+    for n, mb in zip(sizes, out, strict=True):
+        assert mb.mlm_positions.tolist() == list(range(n)), (n, mb.mlm_positions)
+    alone = [masker.mask_block(ids[i], np.ones(sizes[i], bool), epoch=0, block_index=i) for i in range(0, len(sizes), 7)]
+    assert all(mb.mlm_positions.tolist() == list(range(len(mb.input_ids))) for mb in alone)
+
+
+@pytest.mark.parametrize("scheme", ["whole_word", "subword"])
+def test_each_block_counts_its_own_free_words(make_masker, scheme):
+    """Batches of two blocks, 3 words and 1 word, each with a budget of every word (round(0.95 n) = n):
+    the first round often masks only 2 of the 3 words (its 8 draws repeat), while the other block masks
+    its one — the first block still has a free word and budget, and must go on to mask it."""
+    masker = make_masker(scheme, mask_ratio=0.95, seed=1)
+    ids, ws = [np.arange(1000, 1003, dtype=np.int32), np.array([2000], np.int32)], [np.ones(3, bool), np.ones(1, bool)]
+    for i in range(100):
+        a, b = masker.mask_batch(ids, ws, epoch=0, block_indices=[2 * i, 2 * i + 1])
+        assert a.mlm_positions.tolist() == [0, 1, 2] and b.mlm_positions.tolist() == [0], i
+
+# -- masking.rng: SplitMix64 against a plain-integer re-computation ---------------------------------
+# The sampler tests above draw their expected values from `masking.rng` too, so a changed constant or
+# shift there moves both sides and no statistic can see it; yet it changes every mask (every shard and
+# checkpoint that was reproducible). The reference here is the published algorithm (Steele, Lea & Flood
+# 2014) on Python ints mod 2**64, and its first outputs for state 0 are the published ones (splitmix64.c).
+
+M64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def mix(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def splitmix64(state: int, n: int) -> list[int]:
+    """The generator: add the golden increment, then finalise — n outputs from `state`."""
+    out = []
+    for _ in range(n):
+        state = (state + GOLDEN) & M64
+        out.append(mix(state))
+    return out
+
+
+def test_reference_is_the_published_splitmix64():
+    assert splitmix64(0, 3) == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+
+
+def test_mix64_is_the_splitmix64_finaliser():
+    x = np.array([0, 1, GOLDEN, 0x0123456789ABCDEF, M64, 1 << 63], dtype=np.uint64)
+    assert rng.mix64(x.copy()).tolist() == [mix(int(v)) for v in x]
+
+
+def test_bits_are_the_stream_of_the_key_from_counter_0():
+    """bits(key, c) is the (c+1)-th output of SplitMix64 started at state `key`."""
+    for key in (0, 12345, 0xDEADBEEFCAFEF00D):
+        got = rng.bits(np.array([key], dtype=np.uint64), np.arange(5))
+        assert got.tolist() == splitmix64(key, 5), hex(key)
+
+
+def test_uniform_takes_the_top_53_bits():
+    skeys = np.array([7, 0xFEDCBA9876543210], dtype=np.uint64)
+    counters = np.array([[0], [3], [1000]])  # broadcasts against the keys: [3, 2]
+    got = rng.uniform(skeys, counters)
+    want = [[splitmix64(int(k), c + 1)[c] >> 11 for k in skeys] for c in (0, 3, 1000)]
+    assert got.shape == (3, 2) and got.dtype == np.float64
+    assert got.tolist() == [[w * 2.0**-53 for w in row] for row in want]
+    assert 0.0 <= got.min() and got.max() < 1.0
+
+
+def test_block_and_stream_keys_chain_seed_epoch_block_and_stream():
+    """key = mix(mix(mix(seed + G) ^ epoch) + G) ^ block) + G); a stream's key = mix(key ^ mix(stream))."""
+    for seed, epoch, blocks in ((0, 0, [0, 1, 2]), (2**64 - 1, 7, [5, 2**40 + 3]), (123456789, 1, [0])):
+        k0 = mix((seed + GOLDEN) & M64)
+        k1 = mix(((k0 ^ epoch) + GOLDEN) & M64)
+        want = [mix(((k1 ^ b) + GOLDEN) & M64) for b in blocks]
+        keys = rng.block_keys(seed, epoch, np.array(blocks))
+        assert keys.dtype == np.uint64 and keys.tolist() == want, (seed, epoch)
+        for stream in (rng.SPAN, rng.ORDER, rng.ACTION, rng.TOKEN):
+            assert rng.stream_keys(keys, stream).tolist() == [mix(k ^ mix(stream)) for k in want]
+    assert rng.block_keys(3, 0, 9).tolist() == rng.block_keys(3, 0, np.array([9])).tolist()  # a scalar block
+
+
+def test_the_four_streams_are_distinct_constants():
+    assert sorted({rng.SPAN, rng.ORDER, rng.ACTION, rng.TOKEN}) == [1, 2, 3, 4]

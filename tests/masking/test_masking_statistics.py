@@ -106,6 +106,20 @@ def test_default_random_tokens_are_uniform_non_special(real_blocks, make_masker,
     assert len(np.unique(drawn)) > 0.6 * len(drawn)
 
 
+def test_zero_weight_ids_have_empty_intervals_even_at_the_edges():
+    """Inverse-CDF draws: u in [cdf[i-1], cdf[i]) gives id i, so u = 0.0 or u exactly on a CDF value never
+    lands on an id of weight 0 (here ids 0 and 3, and the special id 5)."""
+    from masking.replace import Replacer
+
+    is_special = np.zeros(6, bool)
+    is_special[5] = True
+    r = Replacer(mask_id=5, is_special=is_special, unigram_counts=np.array([0, 1, 1, 0, 2, 9]), mask_prob=0.8,
+                 random_prob=0.1)
+    # weights 0, 1, 1, 0, 2, (9 special -> 0): cdf 0, .25, .5, .5, 1, 1
+    got = r.sample_tokens(np.array([0.0, 0.1, 0.25, 0.4, 0.5, 0.75, 1 - 2**-53]))
+    assert got.tolist() == [1, 1, 2, 2, 4, 4, 4] and got.dtype == np.int32
+
+
 def test_different_seeds_differ(wiki_blocks, make_masker):
     a = _mask_epochs(make_masker(seed=1), wiki_blocks[:20], 1)
     b = _mask_epochs(make_masker(seed=2), wiki_blocks[:20], 1)

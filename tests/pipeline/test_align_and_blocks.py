@@ -50,3 +50,27 @@ def test_blocks_hand_worked():
     assert cut_blocks(np.zeros(0, bool), None, 4) == []
     with pytest.raises(ValueError, match="max_pieces"):
         cut_blocks(ws, None, 0)
+
+
+def test_blocks_read_word_and_sentence_marks_by_truth_value():
+    """The marks may come as any numbers (an Arrow uint8 column, 0/255 masks, counts): only their truth
+    value counts, for each array on its own — a sentence start marked 2 where words are marked 1 is
+    still a sentence start at a word start."""
+    every, early = np.ones(8, bool), np.array([1, 0, 1, 0, 0, 0, 0, 0], bool)
+    want = [(0, 2), (2, 7), (7, 8)]  # the sentence end at 2 (hand-worked above); words alone: [(0, 5), (5, 8)]
+    assert cut_blocks(every, early, 5) == want
+    assert cut_blocks(every.astype(np.uint8) * 2, early, 5) == want
+    assert cut_blocks(every, early.astype(np.int64) * 2, 5) == want
+    assert cut_blocks(every.astype(np.uint8) * 255, early.astype(np.uint8) * 4, 5) == want
+    assert cut_blocks(every.tolist(), early.tolist(), 5) == want
+
+
+def test_blocks_when_the_first_cut_is_not_at_piece_0():
+    """The only sentence start after piece 0 is at 2 — the first entry of the cut list is a legal cut;
+    and a one-piece word before a long one is the only word cut, one piece in."""
+    every, late = np.ones(8, bool), np.array([0, 0, 1, 0, 0, 0, 0, 0], bool)
+    # start 0: sentence cut 2 >= min_len 2 -> (0, 2); start 2: no sentence cut in [4, 7], last word cut 7.
+    assert cut_blocks(every, late, 5) == [(0, 2), (2, 7), (7, 8)]
+    # words [0, 1) and [1, 6): the first block ends at the word cut 1; [1, 6) is longer than a block: cut inside.
+    assert cut_blocks(np.array([1, 1, 0, 0, 0, 0], bool), None, 3) == [(0, 1), (1, 4), (4, 6)]
+

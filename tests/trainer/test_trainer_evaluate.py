@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tests.trainer.conftest import tiny_config
 from trainer import ablate, checkpoint
@@ -23,7 +24,7 @@ from trainer.config import Config
 from trainer.data import BlockStream
 from trainer.evaluate import EVAL_SEED, evaluate, evaluate_checkpoint
 from trainer.model import IGNORE, SpanBert
-from trainer.train import global_counts, train_step
+from trainer.train import global_counts, target_counts, train_step
 
 CPU = torch.device("cpu")
 SINGLE_SBO = {"model": {"use_sbo": True, "use_nsp": False}, "data": {"mode": "single"}}
@@ -216,16 +217,16 @@ def test_global_counts_are_the_target_counts(shard_dir, objectives):
 class _Linear(torch.nn.Module):
     """A stand-in model whose summed losses are w * constant: d loss / d w is then known by hand."""
 
-    def __init__(self, losses: dict[str, float]):
+    def __init__(self, losses: dict[str, float], correct: float = 1.0):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(()))
-        self.losses = losses
+        self.losses, self.correct = losses, correct
 
     def forward(self, batch):
         out = {}
         for name, value in self.losses.items():
             out[f"{name}_loss"] = self.w * value * batch["scale"]
-            out[f"{name}_correct"] = torch.tensor(1.0)
+            out[f"{name}_correct"] = torch.tensor(self.correct)
         return out
 
 
@@ -277,3 +278,146 @@ def test_checkpoint_rows_all_or_another_holdout_and_the_empty_holdout_error(shar
     assert got["blocks"] == len(half.heldout_rows)
     with pytest.raises(ValueError, match="held out no documents"):
         evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.0)
+
+
+def test_checkpoint_result_names_its_file_seed_and_the_way_out_of_an_empty_holdout(shard_dir, tmp_path):
+    """The provenance keys of the result (which checkpoint file, which mask seed), and an error that says
+    what to do (docs/trainer.md: --split all or --holdout-fraction)."""
+    cfg = _config(SINGLE_SBO)
+    stream = _stream(shard_dir, cfg)
+    model = _model(cfg, stream)
+    checkpoint.save(tmp_path / "run", 4, {"model": model.state_dict(), "config": cfg.to_dict(),
+                                          "vocab_sha256": stream.vocab.sha256}, keep_last=1)
+    (path,) = (tmp_path / "run").rglob("step-*.pt")
+    got = evaluate_checkpoint(tmp_path / "run", shard_dir, max_blocks=3)
+    assert got["checkpoint"] == str(path) and got["step"] == 4 and got["mask_seed"] == EVAL_SEED
+    other = evaluate_checkpoint(path, shard_dir, max_blocks=3, seed=5)  # the file itself, another mask seed
+    assert other["checkpoint"] == str(path) and other["mask_seed"] == 5
+    assert_matches(other, reference(model, _stream(shard_dir, cfg, seed=5), stream.heldout_rows[:3]))
+    with pytest.raises(ValueError, match=r"\); evaluate --split all, or give a holdout fraction to score a fixed set of documents$"):
+        evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.0)
+
+
+# -- when DDP synchronises, counts and sums by hand (stand-in models: no data, no processes) -------
+# The tests above check the gradient against autograd on real batches, test_trainer_ddp.py against 2
+# gloo ranks; what neither can see is *when* DDP synchronises: with one micro-batch per rank
+# there is no `no_sync` to get wrong, and syncing on every micro-batch gives the same gradient (only more
+# communication). Here a DDP stand-in (an instance of DDP, so `train_step` treats it as one) records, at
+# each backward, whether gradient synchronisation was off.
+
+
+class _RecordingDDP(DDP):
+    """DDP without a process group: `no_sync` only flips a flag, and each backward logs whether it was on."""
+
+    def __init__(self, module: torch.nn.Module):
+        torch.nn.Module.__init__(self)  # not DDP.__init__: no process group here
+        self.module = module
+        self.syncing = True
+        self.synced_backwards: list[bool] = []
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+    def forward(self, batch):
+        out = self.module(batch)
+        loss = next(v for k, v in out.items() if k.endswith("_loss"))
+        loss.register_hook(lambda g: self.synced_backwards.append(self.syncing) or g)  # runs inside backward
+        return out
+
+
+class _Compiled(torch.nn.Module):
+    """What torch.compile returns: a wrapper whose `_orig_mod` is the module it compiled (here the DDP)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self._orig_mod = inner
+
+    def forward(self, batch):
+        return self._orig_mod(batch)
+
+
+def _micro(*scales: float) -> list[dict[str, torch.Tensor]]:
+    return [{"scale": torch.tensor(s)} for s in scales]
+
+
+COUNTS = torch.tensor([4.0, 0.0, 1.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("wrap", ["ddp", "compiled-ddp"])
+def test_ddp_synchronises_on_the_last_micro_batch_only(wrap):
+    """Three micro-batches: the first two backwards run under no_sync, the last one all-reduces."""
+    ddp = _RecordingDDP(_Linear({"mlm": 2.0, "nsp": 5.0}))
+    model = ddp if wrap == "ddp" else _Compiled(ddp)
+    sums = train_step(model, _micro(1.0, 3.0, 0.5), COUNTS, 2, contextlib.nullcontext())
+    assert ddp.synced_backwards == [False, False, True]
+    # The gradient is that of sum_k (summed loss_k / N_k) * world over the micro-batches (scales 1 + 3 + 0.5).
+    assert ddp.module.w.grad.item() == pytest.approx(2 * 4.5 * (2 / 4 + 5 / 1))
+    assert sums.tolist() == [2 * 4.5, 3.0, 0.0, 0.0, 5 * 4.5, 3.0]
+
+
+def test_one_micro_batch_synchronises():
+    ddp = _RecordingDDP(_Linear({"mlm": 2.0}))
+    train_step(ddp, _micro(1.0), torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64), 1, contextlib.nullcontext())
+    assert ddp.synced_backwards == [True]
+    assert ddp.module.w.grad.item() == pytest.approx(2.0 / 2.0)
+
+
+def test_an_objective_without_targets_adds_nothing_and_divides_by_one():
+    """N_sbo = 0: an SBO loss that is present (0 here, no targets) is divided by 1, never by 0 (NaN)."""
+    model = _Linear({"mlm": 3.0, "sbo": 0.0})
+    counts = torch.tensor([6.0, 0.0, 0.0], dtype=torch.float64)
+    sums = train_step(model, _micro(1.0, 1.0), counts, 1, contextlib.nullcontext())
+    assert model.w.grad.item() == pytest.approx(2 * 3.0 / 6.0)
+    assert sums.tolist() == [6.0, 2.0, 0.0, 2.0, 0.0, 0.0]
+
+
+def test_sums_accumulate_losses_and_correct_counts_separately():
+    """Each objective's summed loss lands in slot 2k and its correct count in 2k + 1, over all micro-batches."""
+    model = _Linear({"mlm": 1.5, "sbo": 2.5, "nsp": 4.0}, correct=7.0)
+    counts = torch.tensor([3.0, 5.0, 2.0], dtype=torch.float64)
+    sums = train_step(model, _micro(2.0, 1.0), counts, 1, contextlib.nullcontext())
+    assert sums.dtype == torch.float64 and sums.device == counts.device
+    assert sums.tolist() == [1.5 * 3, 7.0 * 2, 2.5 * 3, 7.0 * 2, 4.0 * 3, 7.0 * 2]
+    assert model.w.grad.item() == pytest.approx(3 * (1.5 / 3 + 2.5 / 5 + 4.0 / 2))
+    assert not sums.requires_grad  # metrics, detached from the graph
+
+
+def _batch(mlm: list[list[int]], sbo: list[list[int]] | None = None, nsp: list[int] | None = None) -> dict:
+    b = {"mlm_labels": torch.tensor(mlm)}
+    if sbo is not None:
+        b["sbo_labels"] = torch.tensor(sbo)
+    if nsp is not None:
+        b["nsp_labels"] = torch.tensor(nsp)
+    return b
+
+
+def test_target_counts_count_labels_that_are_not_ignored():
+    x = IGNORE
+    assert target_counts(_batch([[5, x, 7], [x, x, 9]])) == [3.0, 0.0, 0.0]
+    assert target_counts(_batch([[5, x], [x, x]], sbo=[[x, 4], [x, x]], nsp=[0, 1])) == [1.0, 1.0, 2.0]
+    assert target_counts(_batch([[x, x]], sbo=[[x, x]], nsp=[1])) == [0.0, 0.0, 1.0]
+
+
+def test_global_counts_sum_micro_batches_and_carry_the_flag():
+    x = IGNORE
+    micro = [_batch([[5, x, 7]], sbo=[[5, x, 7]], nsp=[1]), _batch([[x, 3, 3], [2, 2, 2]], sbo=[[x, x, 3], [x, x, x]], nsp=[0, 0])]
+    got = global_counts(micro, 1, torch.device("cpu"), flag=1.0)
+    assert got.dtype == torch.float64 and got.tolist() == [7.0, 3.0, 3.0, 1.0]
+    assert global_counts(micro[:1], 1, "cpu").tolist() == [2.0, 2.0, 1.0, 0.0]
+
+
+def test_counts_and_sums_live_on_the_training_device():
+    """The counts go to the device the step runs on, and the sums are made there (no host round trip).
+    The meta device stands in for an accelerator on a CPU-only machine: same code path, no data."""
+    meta = torch.device("meta")
+    counts = global_counts([_batch([[5, IGNORE]])], 1, meta)
+    assert counts.device == meta and counts.dtype == torch.float64 and counts.shape == (4,)
+    model = _Linear({"mlm": 2.0}).to(meta)
+    sums = train_step(model, [{"scale": torch.ones((), device=meta)}], counts[:3], 1, contextlib.nullcontext())
+    assert sums.device == meta and sums.dtype == torch.float64 and sums.shape == (6,)
+    assert model.w.grad is not None and model.w.grad.device == meta
