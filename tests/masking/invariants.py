@@ -22,6 +22,12 @@ def expected_budget(input_ids: np.ndarray, special: np.ndarray, ratio: float) ->
     maskable = int((~special[input_ids]).sum())
     return 0 if maskable == 0 else max(1, int(np.floor(ratio * maskable + 0.5)))
 
+# Every MaskedBlock array (docs/masking.md "Output"): all int32.
+MASKED_BLOCK_FIELDS = (
+    "input_ids", "mlm_positions", "mlm_labels", "sbo_positions", "sbo_left", "sbo_right", "sbo_rel",
+    "sbo_labels", "spans", "mlm_replacement", "mlm_span",
+)
+
 
 def check_block(
     mb: MaskedBlock,
@@ -37,19 +43,7 @@ def check_block(
 ) -> None:
     n = len(input_ids)
     pos = mb.mlm_positions
-    for name in (
-        "input_ids",
-        "mlm_positions",
-        "mlm_labels",
-        "sbo_positions",
-        "sbo_left",
-        "sbo_right",
-        "sbo_rel",
-        "sbo_labels",
-        "spans",
-        "mlm_replacement",
-        "mlm_span",
-    ):
+    for name in MASKED_BLOCK_FIELDS:
         assert getattr(mb, name).dtype == np.int32, name
     assert mb.input_ids.shape == (n,)
     # positions: ascending, unique, inside, never a special piece; labels are the originals
