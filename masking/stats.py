@@ -47,19 +47,20 @@ class Source:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     cfg = MaskingConfig(scheme=args.scheme, seed=args.seed)
     if args.shards:
         src = _from_shards(args.shards, args.blocks)
     else:
         if not args.vocab:
-            sys.exit("--text needs --vocab")
+            parser.error("--text needs --vocab")
         src = _from_text(args.vocab, args.text, args.blocks, cfg, args.encoding_fallback)
     if not src.blocks:
         if src.rejected:  # nothing usable remains: `error: FILE: reason`, exit 2
             more = f" (and {len(src.rejected) - 1} more files rejected)" if len(src.rejected) > 1 else ""
             raise ValueError(f"{src.rejected[0]}{more}")
-        sys.exit("no blocks: the input is empty")
+        raise ValueError("no blocks: the input is empty")
     for r in src.rejected:
         print(f"rejected {r}", file=sys.stderr)
     masker = Masker(

@@ -96,14 +96,13 @@ def test_masking_never_imports_torch():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
-def _stats(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "masking.stats", "--vocab", str(VOCAB), *args],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+def _stats(capsys, *args: str) -> str:
+    """`python -m masking.stats --vocab VOCAB ARGS` in this process (so mutation testing traces it): stdout."""
+    from masking.stats import main
+
+    capsys.readouterr()
+    assert main(["--vocab", str(VOCAB), *args]) == 0
+    return capsys.readouterr().out
 
 
 def _realised_merged_spans(tokenizer, specials, path, n_blocks: int, seed: int):
@@ -129,9 +128,10 @@ def _realised_merged_spans(tokenizer, specials, path, n_blocks: int, seed: int):
     return words, pieces, len(words) / n_blocks
 
 
-def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials):
+def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials, capsys):
     out = tmp_path / "fig.png"
     res = _stats(
+        capsys,
         "--text",
         str(GUTENBERG / "blake-poems.txt"),
         "--scheme",
@@ -144,7 +144,7 @@ def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials):
         "--plot",
         str(out),
     )
-    r = json.loads(res.stdout)
+    r = json.loads(res)
     for key in (
         "masked_fraction",
         "sampled_span_length_hist",
@@ -169,7 +169,7 @@ def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials):
     assert r["span_length_words_hist"] == pytest.approx({str(k): v for k, v in enumerate(hist) if v})
     assert 3.3 < r["mean_span_words"] < 4.5  # geometric spans (P(ℓ) mean 3.8), not single words
     assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
-    table = _stats("--text", str(GUTENBERG / "blake-poems.txt"), "--blocks", "10").stdout
+    table = _stats(capsys, "--text", str(GUTENBERG / "blake-poems.txt"), "--blocks", "10")
     assert "masked fraction" in table
 
 
