@@ -491,6 +491,23 @@ def test_an_empty_batch_and_the_default_word_units(make_masker):
         build_layout([np.array([1000])], [np.ones(1, bool)] * 2, special, 0.15)
 
 
+def test_empty_blocks_anywhere_in_a_batch_mask_as_they_do_alone(make_masker, real_blocks):
+    """An empty block (a document's only block can be empty after cleaning) first, between and last in
+    a batch: each block gets exactly what it gets on its own, and the empty ones get nothing."""
+    masker = make_masker()
+    empty_ids, empty_ws = np.zeros(0, np.int32), np.zeros(0, bool)
+    tbs = real_blocks[:2]
+    ids = [empty_ids, tbs[0].input_ids, empty_ids, tbs[1].input_ids, empty_ids]
+    ws = [empty_ws, tbs[0].word_start, empty_ws, tbs[1].word_start, empty_ws]
+    batch = masker.mask_batch(ids, ws, epoch=1, block_indices=range(5))
+    for k in range(5):
+        one = masker.mask_block(ids[k], ws[k], epoch=1, block_index=k)
+        for f in fields(MaskedBlock):
+            np.testing.assert_array_equal(getattr(batch[k], f.name), getattr(one, f.name), err_msg=f"{k} {f.name}")
+    assert [len(batch[k].mlm_positions) for k in (0, 2, 4)] == [0, 0, 0]
+    assert len(batch[1].mlm_positions) > 0 and len(batch[3].mlm_positions) > 0
+
+
 def test_layout_words_and_budgets_hand_worked():
     """Budget = round half up of 0.15 x the block's non-special pieces, at least 1, and 0 with none; words
     begin at word starts, at each block's first piece, and at and after every special piece."""
