@@ -327,6 +327,26 @@ def test_given_noun_phrase_spans_need_no_labels(make_masker, seed):
     check_b(b)
 
 
+@pytest.mark.parametrize(
+    "bad, shown",
+    [
+        ([-1, 2], "[-1, 2)"),  # starts before the block (and ends inside it)
+        ([len(IDS_A) - 1, len(IDS_A) + 1], f"[{len(IDS_A) - 1}, {len(IDS_A) + 1})"),  # ends past it (not empty)
+        ([3, 3], "[3, 3)"),  # empty
+    ],
+)
+def test_given_spans_outside_the_block_or_empty_are_refused_naming_the_first(make_masker, bad, shown):
+    """A bad span is a caller's bug, named with its block and the block's length; the first bad one of a
+    batch is the one named (block 2's, not block 3's)."""
+    masker = make_masker("noun_phrase")
+    good = np.array([[0, 1]])
+    with pytest.raises(ValueError) as err:
+        masker.mask_batch([IDS_A] * 4, [WS_A] * 4, epoch=0, block_indices=range(4),
+                          noun_phrase_spans=[good, good, np.array([bad]), np.array([[-5, 0]])])
+    assert str(err.value) == (f"block 2: span {shown} is empty or outside its {len(IDS_A)} pieces; "
+                              "spans are half-open piece offsets inside the bare block")
+
+
 @pytest.mark.parametrize("scheme", ["named_entity", "noun_phrase"])
 def test_given_spans_batch_hands_each_block_its_own(make_masker, scheme):
     """mask_batch / mask_flat over [A, nothing, B] equal the three blocks masked one at a time."""
