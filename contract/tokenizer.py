@@ -114,7 +114,7 @@ class Vocabulary:
         if missing:
             raise ValueError(f"{path or 'tokenizer'}: lacks special tokens {missing}")
         return cls(
-            tokens, vocab_sha256(tok), bool(getattr(tok.normalizer, "lowercase", False)),
+            tokens, tokens_sha256(tokens), bool(getattr(tok.normalizer, "lowercase", False)),
             *(ids[t] for t in SPECIAL_TOKENS), path=None if path is None else Path(path),
         )
 
@@ -132,6 +132,6 @@ def vocab_list(tok: Tokenizer) -> list[str]:
     return [t for t, _ in by_id]
 
 
-def vocab_sha256(tok: Tokenizer) -> str:
+def tokens_sha256(tokens: Sequence[str]) -> str:
     """Tokenizer identity: a hash of the id-ordered vocabulary (what the trainer checks against)."""
-    return hashlib.sha256("\n".join(vocab_list(tok)).encode("utf-8")).hexdigest()
+    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()

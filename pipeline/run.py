@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from contract.annotate import CHUNK_CHARS, EXCLUDE, MODEL
 from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE, summarize
-from contract.tokenizer import load_tokenizer, vocab_list, vocab_sha256
+from contract.tokenizer import load_tokenizer, tokens_sha256, vocab_list
 from pipeline.documents import FORMATS, CleanOptions
 from pipeline.io import (
     SPLIT_BYTES,
@@ -115,7 +115,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "tokenizer": {
             "file": TOKENIZER_FILE,
             "vocab_file": VOCAB_FILE,
-            "vocab_sha256": vocab_sha256(tok),
+            "vocab_sha256": tokens_sha256(vocab),
             "vocab_size": len(vocab),
         },
         "options": options,
