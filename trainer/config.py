@@ -225,12 +225,12 @@ def _build(klass: type, raw: Any, path: str) -> Any:
         settable = known - set(SHARED_MASKING_FIELDS) if klass is MaskingConfig else known
         raise ValueError(f"unknown fields in {where}: {sorted(bad)}; known: {sorted(settable)}")
     values = {name: _value(hints[name], value, f"{path}.{name}" if path else name) for name, value in raw.items()}
-    if klass is not MaskingConfig:
-        return klass(**values)
     try:
         return klass(**values)
-    except ValueError as e:  # its messages name the bare field ("geometric_p=0: ..."): add where it lives
-        raise ValueError(f"{path}.{e}") from None
+    except ValueError as e:
+        if klass is MaskingConfig:  # its messages name the bare field ("geometric_p=0: ..."): add where it lives
+            raise ValueError(f"{path}.{e}") from None
+        raise
 
 
 def _value(hint: Any, value: Any, path: str) -> Any:

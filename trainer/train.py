@@ -502,7 +502,7 @@ class _Window:
     tokens: int = 0
     padded: int = 0
     seqs: int = 0
-    t0: float = field(default_factory=lambda: time.perf_counter())
+    t0: float = field(default_factory=time.perf_counter)
 
     def add(self, sums: torch.Tensor, counts: torch.Tensor, found_inf: torch.Tensor, tokens: int, padded: int, seqs: int) -> None:
         row = torch.cat([sums, counts.to(sums.dtype), found_inf.to(sums.dtype)[None]])  # local sums, global counts, skipped
