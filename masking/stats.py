@@ -121,7 +121,7 @@ def _from_text(
 
 def _from_shards(directory: Path, n_blocks: int) -> Source:
     from contract.schema import open_checked, read_manifest
-    from contract.tokenizer import read_vocabulary
+    from contract.tokenizer import shard_vocabulary
 
     man = read_manifest(directory)
     blocks: list[TextBlock] = []
@@ -155,10 +155,8 @@ def _from_shards(directory: Path, n_blocks: int) -> Source:
                 break
         if len(blocks) >= n_blocks:
             break
-    vocab = read_vocabulary(man.tokenizer_path)  # the manifest names either a vocab.txt or a tokenizer.json
-    if vocab.size != man.vocab_size:
-        raise ValueError(f"{man.tokenizer_path}: {vocab.size} tokens, {directory}/manifest.json says {man.vocab_size}")
-    return Source(blocks, vocab, man.unigram_counts())
+    # The file the manifest names (a vocab.txt or a tokenizer.json), checked against its recorded identity.
+    return Source(blocks, shard_vocabulary(man), man.unigram_counts())
 
 
 def measure(masker: Masker, blocks: Sequence[TextBlock], n_blocks: int, epoch: int = 0) -> dict[str, Any]:

@@ -65,9 +65,10 @@ GROUPS = (
           ("tests/masking/test_masking_realised.py", "tests/masking/test_masking_statistics.py",
            "tests/masking/test_masking_properties.py", "tests/masking/test_masking_api.py"),
           "linguistic or given or invariants", timeout_constant=60.0),
-    # Reporting: `masking.stats` runs in subprocesses (untraced), so most of it is reached only through corpus.
+    # Reporting: `masking.stats.main` called in-process (a subprocess is not traced); the --shards and
+    # named-entity tests annotate text with spaCy first.
     Group("masking-stats", ("masking/stats.py", "masking/corpus.py"), ("masking.stats.*", "masking.corpus.*"),
-          ("tests/masking/test_masking_api.py", "tests/masking/test_masking_realised.py")),
+          ("tests/masking/test_masking_api.py", "tests/masking/test_masking_realised.py"), timeout_constant=60.0),
 )
 
 KILLED, SURVIVED, NO_TESTS = {1, 3}, {0}, {5, 33}

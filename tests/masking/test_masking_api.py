@@ -105,27 +105,32 @@ def _stats(capsys, *args: str) -> str:
     return capsys.readouterr().out
 
 
-def _realised_merged_spans(tokenizer, specials, path, n_blocks: int, seed: int):
-    """Words and pieces of each merged masked span of the blocks `masking.stats --text PATH` masks."""
-    from masking.corpus import text_blocks
+def _reference(blocks, specials, n_blocks: int, seed: int, scheme: str = "geometric") -> dict:
+    """What `masking.stats` should report for `blocks`, recomputed block by block from mask_batch's output
+    (cycling through the blocks with fresh block indices, as stats does): the words and pieces of each
+    merged masked span, spans per block, the masked fraction and the share of masked pieces from given spans."""
     from tests.masking.invariants import words_of
     from tests.masking.test_masking_realised import runs
 
-    blocks, _ = text_blocks(tokenizer, [path], max_blocks=n_blocks)
-    masker = Masker(MaskingConfig(scheme="geometric", seed=seed), vocab_size=tokenizer.get_vocab_size(),
+    masker = Masker(MaskingConfig(scheme=scheme, seed=seed), vocab_size=specials.size,
                     mask_id=specials.mask, special_ids=specials.specials)
-    special = np.zeros(tokenizer.get_vocab_size(), bool)
+    special = np.zeros(specials.size, bool)
     special[list(specials.specials)] = True
     tbs = [blocks[i % len(blocks)] for i in range(n_blocks)]
     out = masker.mask_batch([t.input_ids for t in tbs], [t.word_start for t in tbs], epoch=0,
-                            block_indices=np.arange(n_blocks))
+                            block_indices=np.arange(n_blocks), entity_spans=[t.entity_spans for t in tbs],
+                            entity_labels=[t.entity_labels for t in tbs],
+                            noun_phrase_spans=[t.noun_phrase_spans for t in tbs])
     words, pieces = [], []
     for t, mb in zip(tbs, out, strict=True):
         starts = words_of(t.input_ids, t.word_start, special)
         for s, e in runs(np.isin(np.arange(len(t.input_ids)), mb.mlm_positions)):
             words.append(int(starts[s:e].sum()))
             pieces.append(e - s)
-    return words, pieces, len(words) / n_blocks
+    masked = sum(len(mb.mlm_positions) for mb in out)
+    return {"words": words, "pieces": pieces, "spans_per_block": len(words) / n_blocks,
+            "masked_fraction": masked / sum(len(t.input_ids) for t in tbs),
+            "given_span_fraction": sum(int((mb.mlm_span >= GIVEN_SPAN_ID).sum()) for mb in out) / masked}
 
 
 def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials, capsys):
@@ -161,8 +166,13 @@ def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials, capsys):
     assert max(int(k) for k in r["sampled_span_length_hist"]) <= 10
     # The realised span lengths it reports are those of the masks: merged runs of masked positions,
     # counted in words with the blocks' own word starts, recomputed here from mask_batch's output.
-    words, pieces, per_block = _realised_merged_spans(tokenizer, specials, GUTENBERG / "blake-poems.txt", 60, seed=3)
-    assert r["spans_per_block"] == pytest.approx(per_block, rel=1e-12)
+    from masking.corpus import text_blocks
+
+    blocks, _ = text_blocks(tokenizer, [GUTENBERG / "blake-poems.txt"], max_blocks=60)
+    ref = _reference(blocks, specials, 60, seed=3)
+    words, pieces = ref["words"], ref["pieces"]
+    assert r["spans_per_block"] == pytest.approx(ref["spans_per_block"], rel=1e-12)
+    assert r["masked_fraction"] == pytest.approx(ref["masked_fraction"], rel=1e-12)
     assert r["mean_span_words"] == pytest.approx(np.mean(words), rel=1e-12)
     assert r["mean_span_pieces"] == pytest.approx(np.mean(pieces), rel=1e-12)
     hist = np.bincount(words) / len(words)
@@ -173,11 +183,55 @@ def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials, capsys):
     assert "masked fraction" in table
 
 
-def test_stats_cli_reads_spans_from_shards(tmp_path, real_blocks, annotated_blocks, tokenizer):
-    """--shards: input_ids, word_start and the span columns of the shard contract (GUIDE §3)."""
+def test_stats_rejects_what_the_pipeline_rejects(capsys):
+    """masking.stats decodes text by the pipeline's rule (contract.text): the Latin-1 book is rejected with the
+    pipeline's reason, reported on stderr and in the JSON, and never silently decoded; with nothing usable
+    left it is one `error:` line and status 2; --encoding-fallback decodes it as the pipeline's flag does."""
+    from contract.cli import run_main
+    from masking.stats import main
+    from pipeline.documents import CleanOptions, RawDocument, clean_document
+
+    latin1, good = GUTENBERG / "chesterton-ball.txt", GUTENBERG / "blake-poems.txt"
+    data = latin1.read_bytes()
+    first_high = next(i for i, b in enumerate(data) if b >= 0x80)  # the book's non-ASCII bytes are Latin-1 singles
+    dead = clean_document(RawDocument("b", "b", data, "text"), CleanOptions())
+    assert (dead.reason, dead.detail.split(":")[0]) == ("invalid_utf8", f"invalid UTF-8 at byte {first_high}")
+
+    def stats(*paths, extra=()) -> tuple[int, str, str]:
+        capsys.readouterr()
+        status = run_main(main, ["--vocab", str(VOCAB), "--blocks", "8", "--json", "--scheme", "subword",
+                                 "--text", *map(str, paths), *extra])
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
+    (mixed, mixed_out, mixed_err), (alone, alone_out, _) = stats(latin1, good), stats(good)
+    assert mixed == 0 and alone == 0
+    assert mixed_err.strip() == f"rejected {latin1}: {dead.reason} ({dead.detail})"
+    report, reference = json.loads(mixed_out), json.loads(alone_out)
+    assert (report.pop("rejected"), report.pop("rejected_files")) == ({str(latin1): "invalid_utf8"}, 1)
+    assert (reference.pop("rejected"), reference.pop("rejected_files")) == ({}, 0)
+    assert report == reference  # the rejected book contributed nothing
+    status, out, err = stats(latin1)
+    assert (status, out, err.strip()) == (2, "", f"error: {latin1}: {dead.reason} ({dead.detail})")
+    status, out, err = stats(latin1, latin1)
+    assert status == 2 and err.strip() == f"error: {latin1}: {dead.reason} ({dead.detail}) (and 1 more files rejected)"
+    status, out, _ = stats(latin1, extra=("--encoding-fallback", "latin-1"))
+    assert status == 0 and json.loads(out)["rejected_files"] == 0 and json.loads(out)["blocks"] == 8
+    capsys.readouterr()
+    assert main(["--vocab", str(VOCAB), "--blocks", "8", "--text", str(latin1), str(good)]) == 0  # the table
+    assert f"rejected files         1: {latin1} (invalid_utf8)" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("tokenizer_file", ["vocab.txt", "tokenizer.json"])
+def test_stats_cli_reads_spans_from_shards(tmp_path, annotated_blocks, tokenizer, specials, capsys, tokenizer_file):
+    """--shards: input_ids, word_start and the span columns of the shard contract (GUIDE §3), with the
+    tokenizer file the manifest names (the pipeline writes both) checked against its recorded identity."""
+    import hashlib
+
     from contract import schema
 
     rows = annotated_blocks[:6]
+    assert sum(len(t.entity_spans) for t in rows) > 10  # real spaCy mentions to take the share from
     table = pa.table(
         {
             "input_ids": [t.input_ids.tolist() for t in rows],
@@ -201,42 +255,48 @@ def test_stats_cli_reads_spans_from_shards(tmp_path, real_blocks, annotated_bloc
     name = schema.shard_name(0, 1)
     with pa.OSFile(str(tmp_path / name), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table)
-    (tmp_path / schema.VOCAB_FILE).write_bytes(VOCAB.read_bytes())  # the pipeline ships vocab.txt
-    counts = np.bincount(np.concatenate([t.input_ids for t in rows]), minlength=tokenizer.get_vocab_size())
+    if tokenizer_file == schema.VOCAB_FILE:
+        (tmp_path / tokenizer_file).write_bytes(VOCAB.read_bytes())
+    else:
+        tokenizer.save(str(tmp_path / tokenizer_file))
+    tokens = VOCAB.read_text(encoding="utf-8").splitlines()
+    counts = np.bincount(np.concatenate([t.input_ids for t in rows]), minlength=len(tokens))
     np.save(tmp_path / schema.UNIGRAM_FILE, counts)
     manifest = {
         "format_version": schema.FORMAT_VERSION,
         "block_size": 510,
         "tokenizer": {
-            "file": schema.VOCAB_FILE,
-            "vocab_size": tokenizer.get_vocab_size(),
-            "vocab_sha256": "",
+            "file": tokenizer_file,
+            "vocab_size": len(tokens),
+            "vocab_sha256": hashlib.sha256("\n".join(tokens).encode()).hexdigest(),  # of the id-ordered tokens
         },
         "shards": [{"file": name, "rows": len(rows)}],
         "unigram_counts": schema.UNIGRAM_FILE,
     }
     (tmp_path / schema.MANIFEST).write_text(json.dumps(manifest))
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "masking.stats",
-            "--shards",
-            str(tmp_path),
-            "--scheme",
-            "named_entity",
-            "--blocks",
-            "60",
-            "--json",
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    r = json.loads(res.stdout)
-    assert r["distinct_blocks"] == len(rows) and abs(r["masked_fraction"] - 0.15) < 0.01
-    assert 0.3 < r["given_span_fraction"] < 0.6
+    from masking.stats import main
+
+    def stats(scheme: str, n_blocks: int) -> dict:
+        capsys.readouterr()
+        assert main(["--shards", str(tmp_path), "--scheme", scheme, "--blocks", str(n_blocks), "--json", "--seed", "2"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    for scheme, n_blocks in (("named_entity", 60), ("noun_phrase", 60), ("noun_phrase", 4)):
+        r, ref = stats(scheme, n_blocks), _reference(rows, specials, n_blocks, seed=2, scheme=scheme)
+        pieces = sum(len(rows[i % len(rows)].input_ids) for i in range(n_blocks))
+        assert (r["blocks"], r["distinct_blocks"], r["pieces"]) == (n_blocks, min(n_blocks, len(rows)), pieces)
+        for key in ("masked_fraction", "given_span_fraction", "spans_per_block"):
+            assert r[key] == pytest.approx(ref[key], rel=1e-12), (scheme, key)
+        assert 0.3 < r["given_span_fraction"] < 0.6  # about half the budget (linguistic_share 0.5), not none
+
+    # Another tokenizer file than the manifest recorded (two tokens swapped: same size): refused, named.
+    tokens[1000], tokens[1001] = tokens[1001], tokens[1000]
+    (tmp_path / schema.VOCAB_FILE).write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    manifest["tokenizer"]["file"] = schema.VOCAB_FILE
+    (tmp_path / schema.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(schema.ShardError, match="the manifest recorded") as err:
+        main(["--shards", str(tmp_path), "--blocks", "6"])
+    assert err.value.path == tmp_path / schema.VOCAB_FILE
 
 
 def test_masker_pickles_for_dataloader_workers(wiki_blocks, make_masker):
@@ -380,6 +440,46 @@ def test_given_spans_in_list_form_and_empty_span_arrays(make_masker):
     with pytest.raises(ValueError, match="1 blocks but spans for 2"):
         masker.mask_flat([IDS_A], [WS_A], epoch=0, block_indices=[0], entity_spans=[SPANS_A, SPANS_A],
                          entity_labels=[LABELS_A, LABELS_A])
+
+
+def _one_word_pieces(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(3000, 3000 + n, dtype=np.int32), np.ones(n, bool)
+
+
+# Hand-worked (docs/masking.md): budget = round(0.15 · n) pieces; target = round(share · budget), halves up;
+# a span of `cost` pieces with `before` already given is taken iff 2 · before + cost <= 2 · target (its
+# midpoint within the target: the last span rounds to the nearer side) and before + cost <= budget.
+@pytest.mark.parametrize(
+    "n, budget, share, span, taken",
+    [
+        (20, 3, 0.5, [0, 3], True), # budget 3, target round(1.5) = 2 (half up): 3 <= 4, and 3 <= 3 exactly the budget
+        (27, 4, 0.5, [0, 3], True), # budget 4, target 2: 3 <= 4 (a target of 1 would refuse it)
+        (30, 5, 0.4, [0, 4], True), # budget 5, target 2: 4 <= 4 exactly, 4 < 5
+        (30, 5, 0.4, [0, 5], False), # 5 > 4: nearer to the target without it
+        (20, 3, 1.0, [0, 3], True), # budget 3, target 3: 3 <= 6, and exactly the whole budget
+        (20, 3, 1.0, [0, 4], False), # 4 <= 6, but past the whole budget of 3
+    ],
+)
+def test_given_span_taken_by_its_midpoint_and_never_past_the_budget(make_masker, n, budget, share, span, taken):
+    ids, ws = _one_word_pieces(n)
+    mb = make_masker("noun_phrase", seed=1, linguistic_share=share).mask_block(
+        ids, ws, epoch=0, block_index=0, noun_phrase_spans=[span])
+    want = {p: GIVEN_SPAN_ID + span[0] for p in range(*span)} if taken else {}
+    assert given_positions(mb) == want
+    assert len(mb.mlm_positions) == budget  # the rest of the budget goes to random words
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_given_spans_starting_together_keep_the_longer_and_adjacent_ones_are_both_kept(make_masker, seed):
+    """20 one-piece words: budget 3, target 2. [0, 1) and [0, 2) start at the same word: the longer is kept
+    (listed second here, so input order cannot be what decides). [5, 6) and [6, 7) touch but do not
+    overlap: both are kept, each its own span, in either shuffled order (1 <= 4, then 2 + 1 <= 4)."""
+    ids, ws = _one_word_pieces(20)
+    masker = make_masker("noun_phrase", seed=seed)
+    same_start = masker.mask_block(ids, ws, epoch=0, block_index=0, noun_phrase_spans=[[0, 1], [0, 2]])
+    assert given_positions(same_start) == {0: GIVEN_SPAN_ID, 1: GIVEN_SPAN_ID}
+    adjacent = masker.mask_block(ids, ws, epoch=0, block_index=0, noun_phrase_spans=[[6, 7], [5, 6]])
+    assert given_positions(adjacent) == {5: GIVEN_SPAN_ID + 5, 6: GIVEN_SPAN_ID + 6}
 
 
 # -- validation boundaries, the output contract, hand-worked SBO targets -------------------------------

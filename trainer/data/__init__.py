@@ -2,7 +2,7 @@
 
 | module | job |
 |---|---|
-| `shards.py` | `ShardSet` (memory-mapped rows, checked against the manifest), `Spans`, `split_rows` (held-out documents), `shard_vocab` |
+| `shards.py` | `ShardSet` (memory-mapped rows, checked against the manifest), `Spans`, `split_rows` (held-out documents) |
 | `plan.py` | `BatchPlan`: each epoch's micro-batches of row ids, a pure function of (seed, epoch); token budgets |
 | `pairs.py` | NSP pairing (A/B cut, IS_NEXT / NOT_NEXT) for the bi-sequence baselines |
 | `collate.py` | `BareBlock` -> masked -> `FullSequence` (with specials) -> `Batch`, the model's input |
@@ -14,7 +14,7 @@ Data flows down this table: each module imports only those above it.
 from trainer.data.collate import NUM_SPECIALS, BareBlock, Batch, FullSequence, collate_blocks
 from trainer.data.pairs import IS_NEXT, NOT_NEXT, pair_block
 from trainer.data.plan import BatchPlan
-from trainer.data.shards import ShardSet, Spans, shard_vocab, split_rows
+from trainer.data.shards import ShardSet, Spans, split_rows
 from trainer.data.stream import BlockStream, build_loader, build_masker
 
 __all__ = [
@@ -32,6 +32,5 @@ __all__ = [
     "build_masker",
     "collate_blocks",
     "pair_block",
-    "shard_vocab",
     "split_rows",
 ]

@@ -1,5 +1,5 @@
 """Shard access: every row of a shard directory, memory-mapped and checked, addressed by a global row id;
-the held-out split (`split_rows`) and the shards' tokenizer (`shard_vocab`)."""
+and the held-out split (`split_rows`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 
 from contract.schema import Manifest, ShardError, open_checked, read_manifest
-from contract.tokenizer import Vocabulary, read_vocabulary
 
 # The annotation column each masking scheme reads; the other schemes read none.
 SPAN_COLUMN = {"named_entity": "entity_spans", "noun_phrase": "noun_phrase_spans"}
@@ -143,13 +142,3 @@ def split_rows(shards: ShardSet, holdout_fraction: float) -> tuple[np.ndarray, n
     held = u[inverse] < holdout_fraction
     return np.flatnonzero(~held), np.flatnonzero(held)
 
-
-def shard_vocab(manifest: Manifest) -> Vocabulary:
-    """The shards' tokenizer, checked against the identity the manifest recorded for it."""
-    vocab = read_vocabulary(manifest.tokenizer_path)
-    if (vocab.size, vocab.sha256) != (manifest.vocab_size, manifest.vocab_sha256):
-        raise ShardError(
-            manifest.tokenizer_path, f"holds {vocab.size} tokens, sha256 {vocab.sha256[:12]}...; the manifest "
-            f"recorded {manifest.vocab_size}, {manifest.vocab_sha256[:12]}...", manifest.directory,
-        )
-    return vocab

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from contract.tokenizer import Vocabulary
+from contract.tokenizer import Vocabulary, shard_vocabulary
 from masking import Masker
 from trainer.config import DataConfig
 from trainer.data.collate import NUM_SPECIALS, BareBlock, Batch, collate_blocks
 from trainer.data.pairs import pair_block
 from trainer.data.plan import BatchPlan
-from trainer.data.shards import ShardSet, shard_vocab, split_rows
+from trainer.data.shards import ShardSet, split_rows
 
 
 class BlockStream(IterableDataset):
@@ -47,7 +47,7 @@ class BlockStream(IterableDataset):
         self.max_len, self.max_sbo_targets = max_len, max_sbo_targets
         self.sbo = sbo and cfg.mode == "single"  # SBO targets only for a model with the SBO head
         self.shards = ShardSet(data_dir, cfg.vocab_sha256)
-        self.vocab = shard_vocab(self.shards.manifest)
+        self.vocab = shard_vocabulary(self.shards.manifest)
         specials = NUM_SPECIALS[cfg.mode]
         if cfg.mode == "single" and int(self.shards.lengths.max()) + specials > max_len:
             raise ValueError(
