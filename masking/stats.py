@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", nargs="+", type=Path, help="plain-text files (WikiExtractor output is fine)")
     src.add_argument("--shards", type=Path, help="a shard directory written by `python -m pipeline`")
-    p.add_argument("--vocab", type=Path, help="BERT vocab.txt (needed with --text)")
+    p.add_argument("--vocab", type=Path, help="BERT vocab.txt or a tokenizer.json (needed with --text)")
     p.add_argument("--encoding-fallback", default=None, metavar="CODEC",
                    help="--text: decode invalid UTF-8 with CODEC (e.g. latin-1) instead of rejecting the file")
     p.add_argument("--scheme", choices=SCHEMES, default="geometric")
@@ -105,10 +105,10 @@ def _from_text(
     vocab: Path, paths: Sequence[Path], n_blocks: int, cfg: MaskingConfig, encoding_fallback: str | None = None
 ) -> Source:
     from contract.annotate import load_nlp
-    from contract.tokenizer import wordpiece_from_vocab
+    from contract.tokenizer import load_tokenizer
     from masking.corpus import annotate, text_blocks
 
-    tok = wordpiece_from_vocab(vocab)
+    tok = load_tokenizer(vocab)
     rejected: list[RejectedText] = []
     blocks, texts = text_blocks(tok, paths, max_blocks=n_blocks, encoding_fallback=encoding_fallback, rejected=rejected)
     if cfg.spans_from_annotation and blocks:

@@ -181,6 +181,10 @@ def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials, capsys):
     assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
     table = _stats(capsys, "--text", str(GUTENBERG / "blake-poems.txt"), "--blocks", "10")
     assert "masked fraction" in table
+    # --vocab also takes a tokenizer.json (what a shard directory holds): the same tokenizer, the same report.
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    same = _stats(capsys, "--text", str(GUTENBERG / "blake-poems.txt"), "--blocks", "10", "--vocab", str(tmp_path / "tokenizer.json"))
+    assert same == table
 
 
 def test_stats_rejects_what_the_pipeline_rejects(capsys):
