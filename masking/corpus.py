@@ -85,7 +85,7 @@ def text_blocks(
             texts.append("")
             continue
         if max_chars is not None and len(text) > max_chars:
-            cut = text.rfind("\n", 0, max_chars)
+            cut = text.rfind("\n", 0, max_chars + 1)  # a line ending exactly at the limit fits
             text = text[: cut if cut > 0 else max_chars]
         texts.append(text)
         ids, ws, offsets = encode(tokenizer, text)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import fields
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -187,6 +189,51 @@ def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials, capsys):
     assert same == table
 
 
+class _Matches:
+    """A stand-in for spaCy's `nlp.pipe(..., as_tuples=True)` (no spaCy to load, nothing statistical):
+    entities and noun chunks are the matches of fixed regular expressions, in character offsets of the text
+    it is handed; no sentences. Patterns never cross a line, and corpus.annotate hands over whole lines."""
+
+    def __init__(self, entities: dict[str, str], chunks: tuple[str, ...]):  # entity pattern -> label
+        self.entities, self.chunks = entities, chunks
+
+    @staticmethod
+    def find(text: str, pattern: str) -> list[tuple[int, int]]:
+        return [(m.start(), m.end()) for m in re.finditer(pattern, text)]
+
+    def pipe(self, jobs, as_tuples: bool, batch_size: int):
+        for text, context in jobs:
+            ents = [SimpleNamespace(start_char=s, end_char=e, label_=label)
+                    for pattern, label in self.entities.items() for s, e in self.find(text, pattern)]
+            chunks = [SimpleNamespace(start_char=s, end_char=e) for p in self.chunks for s, e in self.find(text, p)]
+            yield SimpleNamespace(sents=[], ents=ents, noun_chunks=chunks), context
+
+
+# Names (runs of capitalised words), years (a numeric label: never a given span) and "the/a/an + word".
+WIKI_ENTITIES = {r"[A-Z][a-z]+(?: [A-Z][a-z]+)*": "PERSON", r"\b1[5-9]\d\d\b": "DATE"}
+WIKI_CHUNKS = (r"\b(?:the|a|an) [a-z]+",)
+
+
+def test_stats_text_annotates_for_the_linguistic_schemes_only(monkeypatch, capsys, tokenizer, specials):
+    """--text with named_entity: the blocks are annotated (by contract.annotate's nlp: here the regex stand-in)
+    and the report equals the figures recomputed from those spans; geometric never loads an nlp."""
+    import contract.annotate
+    from masking.corpus import annotate, text_blocks
+    from tests.conftest import WIKI_EXTRACTED
+
+    loads = []
+    monkeypatch.setattr(contract.annotate, "load_nlp", lambda: loads.append(1) or _Matches(WIKI_ENTITIES, WIKI_CHUNKS))
+    r = json.loads(_stats(capsys, "--text", str(WIKI_EXTRACTED), "--scheme", "named_entity", "--blocks", "6",
+                          "--seed", "4", "--json"))
+    blocks, texts = text_blocks(tokenizer, [WIKI_EXTRACTED], max_blocks=6)
+    annotate(blocks, texts, _Matches(WIKI_ENTITIES, WIKI_CHUNKS))
+    ref = _reference(blocks, specials, 6, seed=4, scheme="named_entity")
+    assert r["given_span_fraction"] == pytest.approx(ref["given_span_fraction"], rel=1e-12)
+    assert r["masked_fraction"] == pytest.approx(ref["masked_fraction"], rel=1e-12) and loads == [1]
+    _stats(capsys, "--text", str(WIKI_EXTRACTED), "--blocks", "6", "--json")
+    assert loads == [1]
+
+
 def test_stats_rejects_what_the_pipeline_rejects(capsys):
     """masking.stats decodes text by the pipeline's rule (contract.text): the Latin-1 book is rejected with the
     pipeline's reason, reported on stderr and in the JSON, and never silently decoded; with nothing usable
@@ -227,15 +274,19 @@ def test_stats_rejects_what_the_pipeline_rejects(capsys):
 
 
 @pytest.mark.parametrize("tokenizer_file", ["vocab.txt", "tokenizer.json"])
-def test_stats_cli_reads_spans_from_shards(tmp_path, annotated_blocks, tokenizer, specials, capsys, tokenizer_file):
+def test_stats_cli_reads_spans_from_shards(tmp_path, tokenizer, specials, capsys, tokenizer_file):
     """--shards: input_ids, word_start and the span columns of the shard contract (GUIDE §3), with the
     tokenizer file the manifest names (the pipeline writes both) checked against its recorded identity."""
     import hashlib
 
     from contract import schema
+    from masking.corpus import annotate, text_blocks
+    from tests.conftest import WIKI_EXTRACTED
 
-    rows = annotated_blocks[:6]
-    assert sum(len(t.entity_spans) for t in rows) > 10  # real spaCy mentions to take the share from
+    rows, texts = text_blocks(tokenizer, [WIKI_EXTRACTED], max_blocks=6)
+    annotate(rows, texts, _Matches(WIKI_ENTITIES, WIKI_CHUNKS))
+    assert min(len(t.entity_spans) for t in rows) > 10 and min(len(t.noun_phrase_spans) for t in rows) > 10
+    assert any("DATE" in t.entity_labels for t in rows)
     table = pa.table(
         {
             "input_ids": [t.input_ids.tolist() for t in rows],
@@ -658,3 +709,97 @@ def test_layout_words_and_budgets_hand_worked():
     build_layout([np.array([0, 1000])], [np.ones(2, bool)], special, 0.15)
     with pytest.raises(ValueError, match="input_ids must lie in"):
         build_layout([np.array([1000, 2000])], [np.ones(2, bool)], special, 0.15)
+
+
+# -- masking.corpus: text -> blocks -> spans, hand-worked -------------------------------------------------
+
+
+def test_corpus_reads_the_text_without_wikiextractor_tags_and_keeps_whole_lines(tmp_path, tokenizer):
+    from masking.corpus import read_text, text_blocks
+
+    wiki = tmp_path / "wiki.txt"
+    wiki.write_text('<doc id="1" title="A">\nAlpha beta.\n</doc>\n<doc id="2">\nGamma <docs> delta. </doc>\n<docs> stay\n</doc>\n')
+    assert read_text(wiki) == "Alpha beta.\nGamma <docs> delta. </doc>\n<docs> stay"  # only the tag lines go
+    lines = tmp_path / "lines.txt"
+    lines.write_text("one two\nthree four\nfive")
+    # max_chars keeps whole lines up to the limit; a first line longer than the limit is cut hard.
+    for max_chars, kept in ((12, "one two"), (18, "one two\nthree four"), (23, "one two\nthree four\nfive"),
+                            (4, "one "), (None, "one two\nthree four\nfive")):
+        blocks, texts = text_blocks(tokenizer, [lines], max_chars=max_chars)
+        assert texts == [kept], max_chars
+        enc = tokenizer.encode(kept, add_special_tokens=False)
+        assert np.concatenate([b.input_ids for b in blocks]).tolist() == enc.ids
+    starts_with_newline = tmp_path / "nl.txt"
+    starts_with_newline.write_text("\nsix seven eight")
+    assert text_blocks(tokenizer, [starts_with_newline], max_chars=6)[1] == ["\nsix s"]
+
+
+def test_corpus_blocks_each_file_one_document_cut_at_words_and_stop_at_max_blocks(tmp_path, tokenizer):
+    from masking.corpus import text_blocks
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("Tokenization unbelievably splits words " * 3)
+    b.write_text("Short text.")
+    ids_a = tokenizer.encode(a.read_text(), add_special_tokens=False)
+    blocks, texts = text_blocks(tokenizer, [a, b], max_pieces=7)
+    assert texts == [a.read_text(), b.read_text()] and [t.doc for t in blocks].count(1) == 1
+    mine = [t for t in blocks if t.doc == 0]
+    assert np.concatenate([t.input_ids for t in mine]).tolist() == ids_a.ids  # nothing lost, in order
+    assert all(0 < len(t.input_ids) <= 7 and t.word_start[0] for t in mine)  # never cuts inside a word
+    offsets = np.concatenate([t.char_offsets for t in mine])
+    assert offsets.tolist() == [list(o) for o in ids_a.offsets]
+    assert np.concatenate([t.word_start for t in mine]).tolist() == [
+        i == 0 or w != ids_a.word_ids[i - 1] for i, w in enumerate(ids_a.word_ids)]
+    assert blocks[-1].input_ids.tolist() == tokenizer.encode("Short text.", add_special_tokens=False).ids
+    first_two, _ = text_blocks(tokenizer, [a, b], max_pieces=7, max_blocks=2)
+    assert [t.input_ids.tolist() for t in first_two] == [t.input_ids.tolist() for t in blocks[:2]]
+
+
+def test_corpus_rejected_file_is_reported_or_raised_and_keeps_doc_numbers(tmp_path, tokenizer):
+    from masking.corpus import RejectedText, text_blocks
+
+    bad, good = tmp_path / "bad.txt", tmp_path / "good.txt"
+    bad.write_bytes(b"caf\xe9 au lait")
+    good.write_text("Good text here.")
+    with pytest.raises(RejectedText) as err:
+        text_blocks(tokenizer, [bad, good])
+    assert (err.value.path, err.value.reason) == (bad, "invalid_utf8")
+    assert str(err.value) == f"{bad}: invalid_utf8 ({err.value.detail})" and "byte 3" in err.value.detail
+    rejected: list = []
+    blocks, texts = text_blocks(tokenizer, [bad, good], rejected=rejected)
+    assert [r.path for r in rejected] == [bad] and texts == ["", "Good text here."]
+    assert [t.doc for t in blocks] == [1]  # still the index into paths
+    _, decoded = text_blocks(tokenizer, [bad], encoding_fallback="latin-1")
+    assert decoded == ["café au lait"]
+
+
+def test_corpus_annotate_keeps_the_spans_inside_each_block_as_pieces(tmp_path, tokenizer):
+    """Entities and noun chunks found in the document land in each block that holds them wholly, as piece
+    spans whose characters are exactly the mention, with their labels; one crossing a block edge is dropped."""
+    from masking.corpus import annotate, text_blocks
+
+    path = tmp_path / "doc.txt"
+    path.write_text("Alice met Bob Smith in Paris.\nThe Queen of Hearts shouted at Alice.\nBob ran home")  # "home": the last character
+    blocks, texts = text_blocks(tokenizer, [path], max_pieces=3)  # "Bob | Smith", "The Queen | of Hearts"
+    entities = {"Alice": "PERSON", "Bob Smith": "PERSON", "Paris": "GPE", "Queen of Hearts": "PERSON", "Bob": "PERSON"}
+    chunks = ("The Queen of Hearts", "Bob Smith", "home")
+    annotate(blocks, texts, _Matches({re.escape(k): v for k, v in entities.items()}, tuple(map(re.escape, chunks))))
+    text = texts[0]
+
+    def inside(block, strings) -> set:
+        lo, hi = int(block.char_offsets[0, 0]), int(block.char_offsets[-1, 1])
+        found = {(i, i + len(m), m) for m in strings for i in range(len(text)) if text.startswith(m, i)}
+        return {f for f in found if lo <= f[0] and f[1] <= hi}
+
+    seen_entities = seen_chunks = 0
+    for t in blocks:
+        got = {(int(t.char_offsets[s, 0]), int(t.char_offsets[e - 1, 1]), lab)
+               for (s, e), lab in zip(t.entity_spans, t.entity_labels, strict=True)}
+        want = {(s, e, entities[m]) for s, e, m in inside(t, entities)}
+        assert got == want
+        got_chunks = {(int(t.char_offsets[s, 0]), int(t.char_offsets[e - 1, 1])) for s, e in t.noun_phrase_spans}
+        assert got_chunks == {(s, e) for s, e, _ in inside(t, chunks)}
+        seen_entities, seen_chunks = seen_entities + len(got), seen_chunks + len(got_chunks)
+    everywhere = sum(text.count(m) for m in entities)
+    assert 0 < seen_entities < everywhere  # some mentions kept, some cut by a block edge
+    assert seen_chunks > 0
