@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -196,6 +197,7 @@ class _Matches:
 
     def __init__(self, entities: dict[str, str], chunks: tuple[str, ...]):  # entity pattern -> label
         self.entities, self.chunks = entities, chunks
+        self.texts: list[str] = []  # every text handed over, in order
 
     @staticmethod
     def find(text: str, pattern: str) -> list[tuple[int, int]]:
@@ -203,6 +205,7 @@ class _Matches:
 
     def pipe(self, jobs, as_tuples: bool, batch_size: int):
         for text, context in jobs:
+            self.texts.append(text)
             ents = [SimpleNamespace(start_char=s, end_char=e, label_=label)
                     for pattern, label in self.entities.items() for s, e in self.find(text, pattern)]
             chunks = [SimpleNamespace(start_char=s, end_char=e) for p in self.chunks for s, e in self.find(text, p)]
@@ -232,6 +235,17 @@ def test_stats_text_annotates_for_the_linguistic_schemes_only(monkeypatch, capsy
     assert r["masked_fraction"] == pytest.approx(ref["masked_fraction"], rel=1e-12) and loads == [1]
     _stats(capsys, "--text", str(WIKI_EXTRACTED), "--blocks", "6", "--json")
     assert loads == [1]
+
+
+def test_stats_tokenizer_without_a_special_token_is_named(tmp_path, capsys):
+    from contract.cli import run_main
+    from contract.tokenizer import bert_wordpiece
+    from masking.stats import main
+
+    path = tmp_path / "tokenizer.json"
+    bert_wordpiece({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "the": 4}).save(str(path))
+    assert run_main(main, ["--vocab", str(path), "--text", str(GUTENBERG / "blake-poems.txt"), "--blocks", "2"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {path}: lacks special tokens ['[MASK]']"
 
 
 def test_stats_rejects_what_the_pipeline_rejects(capsys):
@@ -803,3 +817,176 @@ def test_corpus_annotate_keeps_the_spans_inside_each_block_as_pieces(tmp_path, t
     everywhere = sum(text.count(m) for m in entities)
     assert 0 < seen_entities < everywhere  # some mentions kept, some cut by a block edge
     assert seen_chunks > 0
+
+
+def test_corpus_annotate_hands_over_exactly_the_lines_the_blocks_cover(tmp_path, tokenizer):
+    """spaCy sees whole lines: those holding the pieces of the document's blocks at hand (what the pipeline
+    would see of them), one call per document; an empty block is skipped without ending the loop."""
+    from masking.corpus import TextBlock, annotate, text_blocks
+
+    lines = ["Alice met Bob Smith in Paris.", "The Queen of Hearts shouted at Alice.", "Bob ran home.", "The end."]
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("\n".join(lines))
+    b.write_text("\nRed Queen and White Knight.\n")  # a document starting with an empty line
+    blocks, texts = text_blocks(tokenizer, [a, b], max_pieces=3)  # blocks such as ".\nThe Queen": across lines
+    doc_a = [t for t in blocks if t.doc == 0]
+    empty = TextBlock(np.zeros(0, np.int32), np.zeros(0, bool), np.zeros((0, 2), np.int64), doc=0)
+
+    def line(char: int) -> int:
+        return texts[0].count("\n", 0, char)
+
+    for size in (1, 2, 3):
+        for i in range(len(doc_a) - size + 1):
+            window = doc_a[i : i + size]
+            nlp = _Matches({}, ())
+            annotate([empty, *window, *[t for t in blocks if t.doc == 1]], texts, nlp)
+            first, last = line(int(window[0].char_offsets[0, 0])), line(int(window[-1].char_offsets[-1, 0]))
+            assert nlp.texts == ["\n".join(lines[first : last + 1]), "Red Queen and White Knight."], (size, i)
+    crossing = [t for t in doc_a if line(int(t.char_offsets[0, 0])) != line(int(t.char_offsets[-1, 0]))]
+    assert crossing  # the windows above include blocks that start or end on another line than their neighbour
+
+
+# -- masking.stats' table and figure, from a hand-built report ---------------------------------------------
+REPORT = {
+    "scheme": "geometric", "seed": 7, "blocks": 12, "distinct_blocks": 3, "pieces": 6120,
+    "masked_fraction": 0.15, "replacement": {"mask": 0.8, "random": 0.12, "keep": 0.08},
+    "spans_per_block": 16.5, "mean_span_words": 3.6, "mean_span_pieces": 4.25, "sbo_targets_fraction": 0.875,
+    "mean_sampled_span_words": 3.75, "paper_mean": 3.8, "sampled_tv_to_paper": 0.0123,
+    "mean_unmerged_span_words": 3.7, "given_span_fraction": 0.5, "rejected_files": 1,
+    "rejected": {"bad.txt": "invalid_utf8"},
+    "paper_p": {"1": 0.2, "2": 0.16, "3": 0.128}, "sampled_span_length_hist": {"1": 0.25, "3": 0.75},
+    "span_length_words_hist": {"1": 0.5, "3": 0.5}, "span_length_pieces_hist": {"2": 0.4, "4": 0.6},
+}
+
+
+def test_stats_table_hand_written():
+    from masking.stats import format_table
+
+    assert format_table(REPORT).splitlines() == [
+        "scheme geometric  seed 7  blocks 12 (3 distinct)  pieces 6120",
+        "masked fraction        0.1500",
+        "replacement            mask 0.800  random 0.120  keep 0.080",
+        "merged spans / block   16.50",
+        "mean merged span       3.600 words, 4.250 pieces",
+        "SBO targets / masked   0.8750",
+        "mean sampled ℓ         3.750 (paper P: 3.800), TV to P 0.0123",
+        "mean span before merge 3.700 words",
+        "from given spans       0.5000",
+        "rejected files         1: bad.txt (invalid_utf8)",
+        "",
+        # columns: ℓ 3 wide, then 8, 8, 15, 16, one space apart
+        "  ℓ  paper P  sampled  merged (words)  merged (pieces)",
+        "  1   0.2000   0.2500          0.5000           0.0000",
+        "  2   0.1600   0.0000          0.0000           0.4000",
+        "  3   0.1280   0.7500          0.5000           0.0000",
+    ]
+    # Without the optional figures (a scheme with no sampled lengths, no given spans, nothing rejected) their
+    # lines are absent; the rows stop at the longest merged span, and at 20.
+    bare = {k: v for k, v in REPORT.items() if k not in (
+        "mean_sampled_span_words", "given_span_fraction", "sampled_span_length_hist")}
+    bare.update(rejected_files=0, rejected={}, span_length_words_hist={"1": 0.5, "25": 0.5})
+    lines = format_table(bare).splitlines()
+    assert lines[:6] == format_table(REPORT).splitlines()[:6] and lines[6] == ""
+    assert [line.split()[0] for line in lines[8:]] == [str(i) for i in range(1, 21)]
+    assert lines[8] == "  1   0.2000   0.0000          0.5000           0.0000"
+    empty = dict(bare, span_length_words_hist={})
+    assert format_table(empty).splitlines()[-1] == "  1   0.2000   0.0000          0.0000           0.0000"
+
+
+def test_stats_figure_draws_the_reports_numbers(tmp_path, monkeypatch):
+    """The PNG compares P(ℓ), the sampled and the merged span lengths in words (bars side by side) and shows
+    the merged lengths in pieces; read back from the figure itself."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from masking.stats import plot
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig) or close(fig))
+    out = tmp_path / "fig.png"
+    plot(REPORT, out)
+    (fig,) = figures
+    assert matplotlib.get_backend().lower() == "agg"
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (1320, 495)  # 12 x 4.5 in, 110 dpi
+    ax, bx = fig.axes
+    ell = np.arange(1, 16)
+    expect = [  # (bar centres, heights, colour, legend)
+        (ell - 0.27, [0.2, 0.16, 0.128] + [0] * 12, "0.3", "paper P(ℓ) (mean 3.800)"),
+        (ell, [0.25, 0, 0.75] + [0] * 12, "tab:blue", "sampled ℓ (mean 3.750)"),
+        (ell + 0.27, [0.5, 0, 0.5] + [0] * 12, "tab:orange", "merged spans (mean 3.600)"),
+    ]
+    assert len(ax.containers) == 3
+    for bars, (centres, heights, colour, label) in zip(ax.containers, expect, strict=True):
+        assert [b.get_x() + b.get_width() / 2 for b in bars] == pytest.approx(centres)
+        assert [b.get_width() for b in bars] == pytest.approx([0.27] * 15)
+        assert [b.get_height() for b in bars] == pytest.approx(heights)
+        assert all(b.get_facecolor() == to_rgba(colour) for b in bars) and bars.get_label() == label
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [e[3] for e in expect]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("span length (words)", "fraction of spans")
+    assert ax.get_title() == "geometric: span length in words, 12 blocks"
+    assert ax.get_xticks().tolist() == ell.tolist()
+    (pieces,) = bx.containers
+    assert [b.get_x() + b.get_width() / 2 for b in pieces] == pytest.approx(np.arange(1, 31))
+    assert [b.get_height() for b in pieces] == pytest.approx([0, 0.4, 0, 0.6] + [0] * 26)
+    assert all(b.get_facecolor() == to_rgba("tab:green") for b in pieces)
+    assert (bx.get_xlabel(), bx.get_ylabel()) == ("merged span length (pieces)", "fraction of spans")
+    assert bx.get_title() == "pieces (mean 4.25); masked fraction 0.1500"
+    # Without sampled lengths (not the geometric scheme): two series.
+    figures.clear()
+    plot({k: v for k, v in REPORT.items() if k != "sampled_span_length_hist"}, out)
+    assert [c.get_label() for c in figures[0].axes[0].containers] == [expect[0][3], expect[2][3]]
+
+
+@pytest.mark.parametrize("breaks_at", ["write", "flush"])
+def test_stats_reader_gone_is_quiet(tmp_path, monkeypatch, breaks_at):
+    """`python -m masking.stats ... | head`: the reader leaves, the report's write or its flush (it is flushed
+    inside the guard) hits a broken pipe; stdout is pointed at /dev/null (nothing more to say, no
+    "Exception ignored" at exit) and the status stays 0."""
+    from masking.stats import main
+
+    fd = os.open(tmp_path / "stdout", os.O_WRONLY | os.O_CREAT)
+
+    class GoneReader:
+        def write(self, text: str) -> int:
+            if breaks_at == "write":
+                raise BrokenPipeError
+            return len(text)
+
+        def flush(self) -> None:
+            raise BrokenPipeError
+
+        def fileno(self) -> int:
+            return fd
+
+    monkeypatch.setattr(sys, "stdout", GoneReader())
+    try:
+        assert main(["--vocab", str(VOCAB), "--text", str(GUTENBERG / "blake-poems.txt"), "--blocks", "2"]) == 0
+        now, devnull = os.fstat(fd), os.stat(os.devnull)
+        assert (now.st_dev, now.st_ino, now.st_rdev) == (devnull.st_dev, devnull.st_ino, devnull.st_rdev)
+    finally:
+        os.close(fd)
+
+
+def test_stats_usage_errors_name_the_command_and_the_fix(tmp_path, capsys):
+    from contract.cli import run_main
+    from masking.stats import main
+
+    def error(*argv: str) -> str:
+        capsys.readouterr()
+        assert run_main(main, list(argv)) == 2
+        return capsys.readouterr().err.strip()
+
+    book = str(GUTENBERG / "blake-poems.txt")
+    usage = "(see python -m masking.stats --help)"
+    assert error("--text", book) == f"error: python -m masking.stats: --text needs --vocab {usage}"
+    assert error("--vocab", str(VOCAB)) == (
+        f"error: python -m masking.stats: one of the arguments --text --shards is required {usage}")
+    assert error("--text", book, "--shards", str(tmp_path), "--vocab", str(VOCAB)).startswith(
+        "error: python -m masking.stats: argument --shards: not allowed with argument --text")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert error("--vocab", str(VOCAB), "--text", str(empty)) == "error: no blocks: the input is empty"
