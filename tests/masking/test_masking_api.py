@@ -131,9 +131,18 @@ def _reference(blocks, specials, n_blocks: int, seed: int, scheme: str = "geomet
             words.append(int(starts[s:e].sum()))
             pieces.append(e - s)
     masked = sum(len(mb.mlm_positions) for mb in out)
+    actions = np.bincount(np.concatenate([mb.mlm_replacement for mb in out]), minlength=3)
     return {"words": words, "pieces": pieces, "spans_per_block": len(words) / n_blocks,
             "masked_fraction": masked / sum(len(t.input_ids) for t in tbs),
-            "given_span_fraction": sum(int((mb.mlm_span >= GIVEN_SPAN_ID).sum()) for mb in out) / masked}
+            "given_span_fraction": sum(int((mb.mlm_span >= GIVEN_SPAN_ID).sum()) for mb in out) / masked,
+            "sbo_targets_fraction": sum(len(mb.sbo_positions) for mb in out) / masked,
+            "replacement": {"mask": actions[0] / masked, "random": actions[1] / masked, "keep": actions[2] / masked}}
+
+
+def _paper_p(p: float = 0.2, max_words: int = 10) -> dict[str, float]:
+    """P(ℓ) of the paper (§3.1): geometric with p = 0.2, clipped at 10 words and renormalised."""
+    weights = {ell: p * (1 - p) ** (ell - 1) for ell in range(1, max_words + 1)}
+    return {str(ell): w / sum(weights.values()) for ell, w in weights.items()}
 
 
 def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials, capsys):
@@ -145,7 +154,7 @@ def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials, capsys):
         "--scheme",
         "geometric",
         "--blocks",
-        "60",
+        "300",  # more than one of its batches of 256 blocks
         "--seed",
         "3",
         "--json",
@@ -163,19 +172,33 @@ def test_stats_cli_json_and_plot(tmp_path, tokenizer, specials, capsys):
         "blocks",
     ):
         assert key in r
-    assert r["blocks"] == 60 and abs(r["masked_fraction"] - 0.15) < 0.01
-    assert abs(sum(r["replacement"].values()) - 1) < 1e-9
+    assert r["blocks"] == 300 and abs(r["masked_fraction"] - 0.15) < 0.01
     assert abs(sum(r["sampled_span_length_hist"].values()) - 1) < 1e-9
     assert max(int(k) for k in r["sampled_span_length_hist"]) <= 10
+    # The paper's P(ℓ), its mean (3.8 in §3.1) and the total variation of the sampled lengths from it.
+    paper = _paper_p()
+    assert r["paper_p"] == pytest.approx(paper, rel=1e-12)
+    assert r["paper_mean"] == pytest.approx(sum(int(k) * v for k, v in paper.items()), rel=1e-12)
+    assert round(r["paper_mean"], 1) == 3.8
+    sampled = r["sampled_span_length_hist"]
+    tv = 0.5 * sum(abs(sampled.get(k, 0.0) - v) for k, v in paper.items())
+    assert r["sampled_tv_to_paper"] == pytest.approx(tv, rel=1e-9) and 0 < tv < 0.05
+    assert r["mean_sampled_span_words"] == pytest.approx(sum(int(k) * v for k, v in sampled.items()), rel=1e-9)
+    unmerged = r["unmerged_span_length_words_hist"]
+    assert sum(unmerged.values()) == pytest.approx(1.0)
+    assert r["mean_unmerged_span_words"] == pytest.approx(sum(int(k) * v for k, v in unmerged.items()), rel=1e-9)
     # The realised span lengths it reports are those of the masks: merged runs of masked positions,
     # counted in words with the blocks' own word starts, recomputed here from mask_batch's output.
     from masking.corpus import text_blocks
 
-    blocks, _ = text_blocks(tokenizer, [GUTENBERG / "blake-poems.txt"], max_blocks=60)
-    ref = _reference(blocks, specials, 60, seed=3)
+    blocks, _ = text_blocks(tokenizer, [GUTENBERG / "blake-poems.txt"], max_blocks=300)
+    assert len(blocks) < 300  # the book is reused with fresh block indices
+    ref = _reference(blocks, specials, 300, seed=3)
     words, pieces = ref["words"], ref["pieces"]
-    assert r["spans_per_block"] == pytest.approx(ref["spans_per_block"], rel=1e-12)
-    assert r["masked_fraction"] == pytest.approx(ref["masked_fraction"], rel=1e-12)
+    for key in ("spans_per_block", "masked_fraction", "sbo_targets_fraction"):
+        assert r[key] == pytest.approx(ref[key], rel=1e-12), key
+    assert r["replacement"] == pytest.approx(ref["replacement"], rel=1e-12)
+    assert r["distinct_blocks"] == len(blocks)
     assert r["mean_span_words"] == pytest.approx(np.mean(words), rel=1e-12)
     assert r["mean_span_pieces"] == pytest.approx(np.mean(pieces), rel=1e-12)
     hist = np.bincount(words) / len(words)
@@ -350,11 +373,11 @@ def test_stats_cli_reads_spans_from_shards(tmp_path, tokenizer, specials, capsys
         assert main(["--shards", str(tmp_path), "--scheme", scheme, "--blocks", str(n_blocks), "--json", "--seed", "2"]) == 0
         return json.loads(capsys.readouterr().out)
 
-    for scheme, n_blocks in (("named_entity", 60), ("noun_phrase", 60), ("noun_phrase", 4)):
+    for scheme, n_blocks in (("named_entity", 300), ("noun_phrase", 60), ("noun_phrase", 4)):
         r, ref = stats(scheme, n_blocks), _reference(rows, specials, n_blocks, seed=2, scheme=scheme)
         pieces = sum(len(rows[i % len(rows)].input_ids) for i in range(n_blocks))
         assert (r["blocks"], r["distinct_blocks"], r["pieces"]) == (n_blocks, min(n_blocks, len(rows)), pieces)
-        for key in ("masked_fraction", "given_span_fraction", "spans_per_block"):
+        for key in ("masked_fraction", "given_span_fraction", "spans_per_block", "sbo_targets_fraction"):
             assert r[key] == pytest.approx(ref[key], rel=1e-12), (scheme, key)
         assert 0.3 < r["given_span_fraction"] < 0.6  # about half the budget (linguistic_share 0.5), not none
 
@@ -737,8 +760,8 @@ def test_corpus_reads_the_text_without_wikiextractor_tags_and_keeps_whole_lines(
     lines = tmp_path / "lines.txt"
     lines.write_text("one two\nthree four\nfive")
     # max_chars keeps whole lines up to the limit; a first line longer than the limit is cut hard.
-    for max_chars, kept in ((12, "one two"), (18, "one two\nthree four"), (23, "one two\nthree four\nfive"),
-                            (4, "one "), (None, "one two\nthree four\nfive")):
+    for max_chars, kept in ((12, "one two"), (17, "one two"), (18, "one two\nthree four"),
+                            (23, "one two\nthree four\nfive"), (4, "one "), (None, "one two\nthree four\nfive")):
         blocks, texts = text_blocks(tokenizer, [lines], max_chars=max_chars)
         assert texts == [kept], max_chars
         enc = tokenizer.encode(kept, add_special_tokens=False)
@@ -746,6 +769,9 @@ def test_corpus_reads_the_text_without_wikiextractor_tags_and_keeps_whole_lines(
     starts_with_newline = tmp_path / "nl.txt"
     starts_with_newline.write_text("\nsix seven eight")
     assert text_blocks(tokenizer, [starts_with_newline], max_chars=6)[1] == ["\nsix s"]
+    one_char_line = tmp_path / "short.txt"
+    one_char_line.write_text("a\nbcdef ghi")
+    assert text_blocks(tokenizer, [one_char_line], max_chars=5)[1] == ["a"]
 
 
 def test_corpus_blocks_each_file_one_document_cut_at_words_and_stop_at_max_blocks(tmp_path, tokenizer):
@@ -765,6 +791,9 @@ def test_corpus_blocks_each_file_one_document_cut_at_words_and_stop_at_max_block
     assert np.concatenate([t.word_start for t in mine]).tolist() == [
         i == 0 or w != ids_a.word_ids[i - 1] for i, w in enumerate(ids_a.word_ids)]
     assert blocks[-1].input_ids.tolist() == tokenizer.encode("Short text.", add_special_tokens=False).ids
+    long = tmp_path / "long.txt"
+    long.write_text("word " * 600)  # one piece per word: blocks fill to the default 510 pieces exactly
+    assert [len(t.input_ids) for t in text_blocks(tokenizer, [long])[0]] == [510, 90]
     first_two, _ = text_blocks(tokenizer, [a, b], max_pieces=7, max_blocks=2)
     assert [t.input_ids.tolist() for t in first_two] == [t.input_ids.tolist() for t in blocks[:2]]
 
@@ -990,3 +1019,35 @@ def test_stats_usage_errors_name_the_command_and_the_fix(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert error("--vocab", str(VOCAB), "--text", str(empty)) == "error: no blocks: the input is empty"
+
+
+def test_stats_of_a_one_piece_text_hand_worked(tmp_path, capsys, monkeypatch):
+    """"Paris": one piece, so a budget of max(1, round(0.15)) = 1 piece; every figure is worked out by hand."""
+    import contract.annotate
+
+    path = tmp_path / "one.txt"
+    path.write_text("Paris")
+    for seed in (0, 1):
+        r = json.loads(_stats(capsys, "--text", str(path), "--blocks", "1", "--seed", str(seed), "--json"))
+        assert (r["pieces"], r["masked_fraction"], r["spans_per_block"]) == (1, 1.0, 1.0)
+        assert (r["mean_span_words"], r["mean_span_pieces"], r["sbo_targets_fraction"]) == (1.0, 1.0, 1.0)
+        assert r["span_length_words_hist"] == {"1": 1.0} and sorted(r["replacement"].values()) == [0.0, 0.0, 1.0]
+        (ell,) = r["sampled_span_length_hist"]  # one span drawn: TV = (1 - P(ℓ) + the rest) / 2 = 1 - P(ℓ)
+        assert r["sampled_tv_to_paper"] == pytest.approx(1 - _paper_p()[ell], rel=1e-12)
+    monkeypatch.setattr(contract.annotate, "load_nlp", lambda: _Matches({"Paris": "GPE"}, ()))
+    r = json.loads(_stats(capsys, "--text", str(path), "--blocks", "1", "--scheme", "named_entity", "--json"))
+    assert r["given_span_fraction"] == 1.0  # target round(0.5 · 1) = 1: the mention is the whole budget
+
+
+def test_stats_measure_at_epoch_0_and_of_blocks_with_nothing_to_mask(specials, make_masker, tokenizer):
+    from masking.corpus import TextBlock, text_blocks
+    from masking.stats import measure
+
+    blocks, _ = text_blocks(tokenizer, [GUTENBERG / "blake-poems.txt"], max_blocks=20)
+    r = measure(make_masker(seed=5), blocks, 20)  # the epoch left to its default: the first
+    assert r["spans_per_block"] == pytest.approx(_reference(blocks, specials, 20, seed=5)["spans_per_block"], rel=1e-12)
+    only_specials = TextBlock(np.full(8, specials.unk, np.int32), np.ones(8, bool), np.zeros((8, 2), np.int64), doc=0)
+    r = measure(make_masker(), [only_specials], 3)
+    assert (r["pieces"], r["masked_fraction"], r["spans_per_block"], r["sbo_targets_fraction"]) == (24, 0.0, 0.0, 0.0)
+    assert (r["mean_span_words"], r["mean_span_pieces"], r["mean_sampled_span_words"]) == (0.0, 0.0, 0.0)
+    assert r["replacement"] == {"mask": 0.0, "random": 0.0, "keep": 0.0} and r["span_length_words_hist"] == {}
