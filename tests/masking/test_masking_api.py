@@ -108,7 +108,7 @@ def _stats(capsys, *args: str) -> str:
     return capsys.readouterr().out
 
 
-def _reference(blocks, specials, n_blocks: int, seed: int, scheme: str = "geometric") -> dict:
+def _reference(blocks, specials, n_blocks: int, seed: int, scheme: str = "geometric", epoch: int = 0) -> dict:
     """What `masking.stats` should report for `blocks`, recomputed block by block from mask_batch's output
     (cycling through the blocks with fresh block indices, as stats does): the words and pieces of each
     merged masked span, spans per block, the masked fraction and the share of masked pieces from given spans."""
@@ -120,7 +120,7 @@ def _reference(blocks, specials, n_blocks: int, seed: int, scheme: str = "geomet
     special = np.zeros(specials.size, bool)
     special[list(specials.specials)] = True
     tbs = [blocks[i % len(blocks)] for i in range(n_blocks)]
-    out = masker.mask_batch([t.input_ids for t in tbs], [t.word_start for t in tbs], epoch=0,
+    out = masker.mask_batch([t.input_ids for t in tbs], [t.word_start for t in tbs], epoch=epoch,
                             block_indices=np.arange(n_blocks), entity_spans=[t.entity_spans for t in tbs],
                             entity_labels=[t.entity_labels for t in tbs],
                             noun_phrase_spans=[t.noun_phrase_spans for t in tbs])
@@ -871,6 +871,9 @@ def test_corpus_annotate_hands_over_exactly_the_lines_the_blocks_cover(tmp_path,
             annotate([empty, *window, *[t for t in blocks if t.doc == 1]], texts, nlp)
             first, last = line(int(window[0].char_offsets[0, 0])), line(int(window[-1].char_offsets[-1, 0]))
             assert nlp.texts == ["\n".join(lines[first : last + 1]), "Red Queen and White Knight."], (size, i)
+    nlp = _Matches({}, ())
+    annotate([empty, *[t for t in blocks if t.doc == 1]], texts, nlp)  # document 0: only an empty block
+    assert nlp.texts == ["Red Queen and White Knight."]
     crossing = [t for t in doc_a if line(int(t.char_offsets[0, 0])) != line(int(t.char_offsets[-1, 0]))]
     assert crossing  # the windows above include blocks that start or end on another line than their neighbour
 
@@ -918,6 +921,9 @@ def test_stats_table_hand_written():
     assert lines[:6] == format_table(REPORT).splitlines()[:6] and lines[6] == ""
     assert [line.split()[0] for line in lines[8:]] == [str(i) for i in range(1, 21)]
     assert lines[8] == "  1   0.2000   0.0000          0.5000           0.0000"
+    assert lines[8 + 10] == " 11   0.0000   0.0000          0.0000           0.0000"  # past P(ℓ)'s 10 lengths
+    two = dict(REPORT, rejected_files=2, rejected={"a.txt": "invalid_utf8", "b.txt": "invalid_utf8"})
+    assert "rejected files         2: a.txt (invalid_utf8), b.txt (invalid_utf8)" in format_table(two).splitlines()
     empty = dict(bare, span_length_words_hist={})
     assert format_table(empty).splitlines()[-1] == "  1   0.2000   0.0000          0.0000           0.0000"
 
@@ -942,6 +948,7 @@ def test_stats_figure_draws_the_reports_numbers(tmp_path, monkeypatch):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (1320, 495)  # 12 x 4.5 in, 110 dpi
     ax, bx = fig.axes
+    assert ax.get_position().x1 < bx.get_position().x0  # side by side, words left
     ell = np.arange(1, 16)
     expect = [  # (bar centres, heights, colour, legend)
         (ell - 0.27, [0.2, 0.16, 0.128] + [0] * 12, "0.3", "paper P(ℓ) (mean 3.800)"),
@@ -1051,3 +1058,34 @@ def test_stats_measure_at_epoch_0_and_of_blocks_with_nothing_to_mask(specials, m
     assert (r["pieces"], r["masked_fraction"], r["spans_per_block"], r["sbo_targets_fraction"]) == (24, 0.0, 0.0, 0.0)
     assert (r["mean_span_words"], r["mean_span_pieces"], r["mean_sampled_span_words"]) == (0.0, 0.0, 0.0)
     assert r["replacement"] == {"mask": 0.0, "random": 0.0, "keep": 0.0} and r["span_length_words_hist"] == {}
+
+
+def test_stats_options_defaults_and_help(tmp_path, capsys, tokenizer, specials):
+    """The defaults (2,000 blocks, seed 0, epoch 0, geometric), --epoch reaching the masks, a scheme outside
+    the five refused by the parser, and every option explained under the module's one-line summary."""
+    from contract.cli import run_main
+    from masking import stats
+    from masking.corpus import text_blocks
+
+    path = tmp_path / "one.txt"
+    path.write_text("Paris")
+    r = json.loads(_stats(capsys, "--text", str(path), "--json"))
+    assert (r["blocks"], r["seed"], r["scheme"]) == (2000, 0, "geometric")
+    book = GUTENBERG / "blake-poems.txt"
+    blocks, _ = text_blocks(tokenizer, [book], max_blocks=20)
+    for epoch in (0, 1):
+        r = json.loads(_stats(capsys, "--text", str(book), "--blocks", "20", "--epoch", str(epoch), "--json"))
+        ref = _reference(blocks, specials, 20, seed=0, epoch=epoch)
+        assert r["spans_per_block"] == pytest.approx(ref["spans_per_block"], rel=1e-12)
+    assert ref["spans_per_block"] != _reference(blocks, specials, 20, seed=0)["spans_per_block"]
+    capsys.readouterr()
+    assert run_main(stats.main, ["--text", str(path), "--vocab", str(VOCAB), "--scheme", "span"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --scheme: invalid choice: 'span' (choose from" in err and all(x in err for x in SCHEMES)
+    parser = stats._parser()
+    assert parser.prog == "python -m masking.stats"
+    assert parser.description == stats.__doc__.splitlines()[0] and parser.description.startswith("`python -m")
+    text = parser.format_help()
+    for action in parser._actions:
+        assert action.help and " ".join(action.help.split()) in " ".join(text.split()), action.dest
+    assert "--encoding-fallback CODEC" in text
