@@ -90,10 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=Path, help="BERT vocab.txt or a tokenizer.json (needed with --text)")
     p.add_argument("--encoding-fallback", default=None, metavar="CODEC",
                    help="--text: decode invalid UTF-8 with CODEC (e.g. latin-1) instead of rejecting the file")
-    p.add_argument("--scheme", choices=SCHEMES, default="geometric")
+    p.add_argument("--scheme", choices=SCHEMES, default="geometric", help="masking scheme (Table 6)")
     p.add_argument("--blocks", type=int, default=2000, help="blocks to mask (the text is reused if shorter)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="masking seed (train.seed of a run)")
+    p.add_argument("--epoch", type=int, default=0, help="epoch whose masks are drawn (0 = the first)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument(
         "--plot", type=Path, help="PNG of the realised and sampled span lengths vs the paper's P(ℓ)"
