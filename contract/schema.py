@@ -14,10 +14,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from contract.tokenizer import Vocabulary
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -80,6 +83,19 @@ class Manifest:
                 f"{self.directory}: unigram counts have shape {counts.shape}, expected ({self.vocab_size},)"
             )
         return counts
+
+    def vocabulary(self) -> Vocabulary:
+        """The tokenizer file this manifest names (vocab.txt or tokenizer.json), checked against the identity
+        it recorded: a swapped or edited file is a ShardError, never read as if it fitted."""
+        from contract.tokenizer import read_vocabulary  # tokenizers only for the callers that need it
+
+        vocab = read_vocabulary(self.tokenizer_path)
+        if (vocab.size, vocab.sha256) != (self.vocab_size, self.vocab_sha256):
+            raise ShardError(
+                self.tokenizer_path, f"holds {vocab.size} tokens, sha256 {vocab.sha256[:12]}...; the manifest "
+                f"recorded {self.vocab_size}, {self.vocab_sha256[:12]}...", self.directory,
+            )
+        return vocab
 
 
 def summarize(raw: dict[str, Any], where: str) -> str:

@@ -15,8 +15,6 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from contract.schema import Manifest, ShardError
-
 # BERT's special tokens; the order is the one BERT's vocabularies use for their first entries.
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -124,18 +122,6 @@ class Vocabulary:
 def read_vocabulary(path: str | Path) -> Vocabulary:
     """The Vocabulary of a vocab.txt or tokenizer.json."""
     return Vocabulary.of(load_tokenizer(path), path)
-
-
-def shard_vocabulary(manifest: Manifest) -> Vocabulary:
-    """A shard directory's tokenizer (the file its manifest names), checked against the identity the
-    manifest recorded for it: a swapped or edited file is a ShardError, never read as if it fitted."""
-    vocab = read_vocabulary(manifest.tokenizer_path)
-    if (vocab.size, vocab.sha256) != (manifest.vocab_size, manifest.vocab_sha256):
-        raise ShardError(
-            manifest.tokenizer_path, f"holds {vocab.size} tokens, sha256 {vocab.sha256[:12]}...; the manifest "
-            f"recorded {manifest.vocab_size}, {manifest.vocab_sha256[:12]}...", manifest.directory,
-        )
-    return vocab
 
 
 def vocab_list(tok: Tokenizer) -> list[str]:

@@ -121,7 +121,6 @@ def _from_text(
 
 def _from_shards(directory: Path, n_blocks: int) -> Source:
     from contract.schema import open_checked, read_manifest
-    from contract.tokenizer import shard_vocabulary
 
     man = read_manifest(directory)
     blocks: list[TextBlock] = []
@@ -156,7 +155,7 @@ def _from_shards(directory: Path, n_blocks: int) -> Source:
         if len(blocks) >= n_blocks:
             break
     # The file the manifest names (a vocab.txt or a tokenizer.json), checked against its recorded identity.
-    return Source(blocks, shard_vocabulary(man), man.unigram_counts())
+    return Source(blocks, man.vocabulary(), man.unigram_counts())
 
 
 def measure(masker: Masker, blocks: Sequence[TextBlock], n_blocks: int, epoch: int = 0) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from contract.tokenizer import Vocabulary, shard_vocabulary
+from contract.tokenizer import Vocabulary
 from masking import Masker
 from trainer.config import DataConfig
 from trainer.data.collate import NUM_SPECIALS, BareBlock, Batch, collate_blocks
@@ -47,7 +47,7 @@ class BlockStream(IterableDataset):
         self.max_len, self.max_sbo_targets = max_len, max_sbo_targets
         self.sbo = sbo and cfg.mode == "single"  # SBO targets only for a model with the SBO head
         self.shards = ShardSet(data_dir, cfg.vocab_sha256)
-        self.vocab = shard_vocabulary(self.shards.manifest)
+        self.vocab = self.shards.manifest.vocabulary()
         specials = NUM_SPECIALS[cfg.mode]
         if cfg.mode == "single" and int(self.shards.lengths.max()) + specials > max_len:
             raise ValueError(
