@@ -108,6 +108,18 @@ def _stats(capsys, *args: str) -> str:
     return capsys.readouterr().out
 
 
+def _stats_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`python -m masking.stats ARGV` through the commands' error wrapper, in this process: the exit status,
+    stdout and stderr."""
+    from contract.cli import run_main
+    from masking.stats import main
+
+    capsys.readouterr()
+    status = run_main(main, list(argv))
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
 def _reference(blocks, specials, n_blocks: int, seed: int, scheme: str = "geometric", epoch: int = 0) -> dict:
     """What `masking.stats` should report for `blocks`, recomputed block by block from mask_batch's output
     (cycling through the blocks with fresh block indices, as stats does): the words and pieces of each
@@ -261,21 +273,18 @@ def test_stats_text_annotates_for_the_linguistic_schemes_only(monkeypatch, capsy
 
 
 def test_stats_tokenizer_without_a_special_token_is_named(tmp_path, capsys):
-    from contract.cli import run_main
     from contract.tokenizer import bert_wordpiece
-    from masking.stats import main
 
     path = tmp_path / "tokenizer.json"
     bert_wordpiece({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "the": 4}).save(str(path))
-    assert run_main(main, ["--vocab", str(path), "--text", str(GUTENBERG / "blake-poems.txt"), "--blocks", "2"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {path}: lacks special tokens ['[MASK]']"
+    status, _, err = _stats_cli(capsys, "--vocab", str(path), "--text", str(GUTENBERG / "blake-poems.txt"), "--blocks", "2")
+    assert status == 2 and err.strip() == f"error: {path}: lacks special tokens ['[MASK]']"
 
 
 def test_stats_rejects_what_the_pipeline_rejects(capsys):
     """masking.stats decodes text by the pipeline's rule (contract.text): the Latin-1 book is rejected with the
     pipeline's reason, reported on stderr and in the JSON, and never silently decoded; with nothing usable
     left it is one `error:` line and status 2; --encoding-fallback decodes it as the pipeline's flag does."""
-    from contract.cli import run_main
     from masking.stats import main
     from pipeline.documents import CleanOptions, RawDocument, clean_document
 
@@ -286,11 +295,8 @@ def test_stats_rejects_what_the_pipeline_rejects(capsys):
     assert (dead.reason, dead.detail.split(":")[0]) == ("invalid_utf8", f"invalid UTF-8 at byte {first_high}")
 
     def stats(*paths, extra=()) -> tuple[int, str, str]:
-        capsys.readouterr()
-        status = run_main(main, ["--vocab", str(VOCAB), "--blocks", "8", "--json", "--scheme", "subword",
-                                 "--text", *map(str, paths), *extra])
-        out = capsys.readouterr()
-        return status, out.out, out.err
+        return _stats_cli(capsys, "--vocab", str(VOCAB), "--blocks", "8", "--json", "--scheme", "subword",
+                          "--text", *map(str, paths), *extra)
 
     (mixed, mixed_out, mixed_err), (alone, alone_out, _) = stats(latin1, good), stats(good)
     assert mixed == 0 and alone == 0
@@ -1008,13 +1014,10 @@ def test_stats_reader_gone_is_quiet(tmp_path, monkeypatch, breaks_at):
 
 
 def test_stats_usage_errors_name_the_command_and_the_fix(tmp_path, capsys):
-    from contract.cli import run_main
-    from masking.stats import main
-
     def error(*argv: str) -> str:
-        capsys.readouterr()
-        assert run_main(main, list(argv)) == 2
-        return capsys.readouterr().err.strip()
+        status, _, err = _stats_cli(capsys, *argv)
+        assert status == 2
+        return err.strip()
 
     book = str(GUTENBERG / "blake-poems.txt")
     usage = "(see python -m masking.stats --help)"
@@ -1063,7 +1066,6 @@ def test_stats_measure_at_epoch_0_and_of_blocks_with_nothing_to_mask(specials, m
 def test_stats_options_defaults_and_help(tmp_path, capsys, tokenizer, specials):
     """The defaults (2,000 blocks, seed 0, epoch 0, geometric), --epoch reaching the masks, a scheme outside
     the five refused by the parser, and every option explained under the module's one-line summary."""
-    from contract.cli import run_main
     from masking import stats
     from masking.corpus import text_blocks
 
@@ -1078,9 +1080,8 @@ def test_stats_options_defaults_and_help(tmp_path, capsys, tokenizer, specials):
         ref = _reference(blocks, specials, 20, seed=0, epoch=epoch)
         assert r["spans_per_block"] == pytest.approx(ref["spans_per_block"], rel=1e-12)
     assert ref["spans_per_block"] != _reference(blocks, specials, 20, seed=0)["spans_per_block"]
-    capsys.readouterr()
-    assert run_main(stats.main, ["--text", str(path), "--vocab", str(VOCAB), "--scheme", "span"]) == 2
-    err = capsys.readouterr().err
+    status, _, err = _stats_cli(capsys, "--text", str(path), "--vocab", str(VOCAB), "--scheme", "span")
+    assert status == 2
     assert "argument --scheme: invalid choice: 'span' (choose from" in err and all(x in err for x in SCHEMES)
     parser = stats._parser()
     assert parser.prog == "python -m masking.stats"
