@@ -1,4 +1,4 @@
-"""Shard access: every row of a shard directory, memory-mapped and checked, addressed by a global row id;
+"""Shard access: every row of a shard directory, memory-mapped and checked, addressed by a global row id,
 and the held-out split (`split_rows`)."""
 
 from __future__ import annotations
