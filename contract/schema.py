@@ -111,6 +111,7 @@ def summarize(raw: dict[str, Any], where: str) -> str:
         f"shards {len(raw['shards'])}",
     ]
     lines += [f"  rejected {reason}: {n}" for reason, n in sorted(raw.get("rejections", {}).items())]
+    lines += [f"  skipped {reason}: {n}" for reason, n in sorted(raw.get("skipped", {}).items())]
     lines += [f"  cleaned {k}: {v}" for k, v in raw.get("cleaning", {}).items() if v]
     sp = raw.get("spans", {})
     if raw.get("annotated"):

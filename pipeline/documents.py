@@ -21,7 +21,7 @@ from typing import BinaryIO
 from contract.annotate import Annotation
 from contract.text import INVALID_UTF8, decode
 
-FORMATS = ("wikiextractor", "text", "jsonl")
+FORMATS = ("wikiextractor", "text", "jsonl", "wikidump")
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,16 @@ def frame_text(stream: BinaryIO, source: str, start: int = 0, end: int | None = 
     yield RawDocument(source, source, stream.read(), "text", 0)
 
 
-FRAMERS = {"wikiextractor": frame_wikiextractor, "jsonl": frame_jsonl, "text": frame_text}
-SPLITTABLE = {"wikiextractor": True, "jsonl": True, "text": False}
+def frame_wikidump(stream: BinaryIO, source: str, start: int = 0, end: int | None = None) -> Iterator[object]:
+    """Wikipedia's `pages-articles` XML dumps, still compressed: see pipeline.wikidump (imported here
+    lazily, as it builds on this module's records)."""
+    from pipeline.wikidump import frame_dump
+
+    return frame_dump(stream, source, start, end)
+
+
+FRAMERS = {"wikiextractor": frame_wikiextractor, "jsonl": frame_jsonl, "text": frame_text, "wikidump": frame_wikidump}
+SPLITTABLE = {"wikiextractor": True, "jsonl": True, "text": False, "wikidump": False}  # dumps: wikidump.plan_dump
 
 
 # ---------------------------------------------------------------------------------------------

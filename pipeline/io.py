@@ -39,6 +39,7 @@ from contract.schema import (
     VOCAB_FILE,
     shard_name,
 )
+from pipeline import wikidump
 from pipeline.documents import FORMATS, FRAMERS, SPLITTABLE, RawDocument, Rejection
 from pipeline.encode import BlockRows
 
@@ -113,6 +114,9 @@ def _file_ranges(spec: InputSpec, metas: list[Any], split_bytes: int) -> Iterato
     base = source_base(spec.pattern)
     for meta in metas:
         source = meta.path[len(base) :] if meta.path.startswith(base) else meta.path.rsplit("/", 1)[-1]
+        if spec.fmt == wikidump.FORMAT:  # cut at bz2 stream starts, by the dump's index
+            yield from (ReadRange(spec.fmt, meta.path, source, s, e) for s, e in wikidump.plan_dump(meta.path, meta.size_in_bytes, split_bytes))
+            continue
         compressed = CompressionTypes.detect_compression_type(meta.path) != CompressionTypes.UNCOMPRESSED
         if not SPLITTABLE[spec.fmt] or compressed or meta.size_in_bytes <= split_bytes:
             yield ReadRange(spec.fmt, meta.path, source, 0, None)
@@ -124,7 +128,8 @@ def _file_ranges(spec: InputSpec, metas: list[Any], split_bytes: int) -> Iterato
 
 class _ReadRangeFn(beam.DoFn):
     def process(self, rng: ReadRange) -> Iterator[RawDocument]:
-        with FileSystems.open(rng.path, compression_type=CompressionTypes.AUTO) as f:
+        raw = rng.fmt == wikidump.FORMAT  # the dump reader decompresses itself, stream by stream
+        with FileSystems.open(rng.path, compression_type=CompressionTypes.UNCOMPRESSED if raw else CompressionTypes.AUTO) as f:
             yield from FRAMERS[rng.fmt](f, rng.source, rng.start, rng.end)
 
 
@@ -320,6 +325,7 @@ def build_manifest(
             "words": stats.get("words", 0),
         },
         "rejections": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("rejected.")},
+        "skipped": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("skipped.")},  # wikidump pages
         "cleaning": {k: stats.get(k, 0) for k in cleaning_keys},
         "spans": {k: stats.get(k, 0) for k in span_keys},
     }

@@ -23,6 +23,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.documents import CleanOptions, Document, RawDocument, Rejection, clean_document
 from pipeline.encode import EncodedDoc, encode_segmented, rule_sentence_starts, safe_starts, to_blocks
+from pipeline.wikidump import PageSkip, StreamBreak
 
 NAMESPACE = "pipeline"
 MAIN = "main"
@@ -59,8 +60,14 @@ class _CleanFn(beam.DoFn):
     def __init__(self, opts: CleanOptions) -> None:
         self.opts = opts
 
-    def process(self, raw: RawDocument) -> Iterator[Any]:
+    def process(self, raw: RawDocument | PageSkip | StreamBreak) -> Iterator[Any]:
+        if isinstance(raw, PageSkip):  # not an article: counted, not a document
+            yield count(f"skipped.{raw.reason.value}")
+            return
         yield count("documents_read")
+        if isinstance(raw, StreamBreak):  # unreadable dump bytes: one dead letter per break
+            yield from reject(raw.rejection())
+            return
         out = clean_document(raw, self.opts)
         if isinstance(out, Rejection):
             yield from reject(out)
