@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from contract.cli import run_main
 from contract.tokenizer import SPECIAL_TOKENS, bert_wordpiece, vocab_list
-from pipeline.documents import FORMATS, FRAMERS, CleanOptions, Document, clean_document
+from pipeline.documents import FORMATS, FRAMERS, CleanOptions, Document, RawDocument, clean_document
 from pipeline.io import match_inputs, parse_input, source_base
 
 
@@ -36,8 +36,12 @@ def iter_texts(specs: Sequence[str], default_format: str, opts: CleanOptions, st
     for spec, metas in match_inputs([parse_input(s, default_format) for s in specs]):
         base = source_base(spec.pattern)
         for meta in metas:
-            with FileSystems.open(meta.path) as f:
+            raw_bytes = spec.fmt == "wikidump"  # its reader decompresses the dump itself
+            with FileSystems.open(meta.path, compression_type="uncompressed" if raw_bytes else "auto") as f:
                 for raw in FRAMERS[spec.fmt](f, meta.path[len(base) :]):
+                    if not isinstance(raw, RawDocument):  # a wikidump page that is not an article, or a break
+                        stats[f"skipped.{raw.reason}"] += 1
+                        continue
                     doc = clean_document(raw, opts)
                     stats["documents_read"] += 1
                     if isinstance(doc, Document):

@@ -251,3 +251,43 @@ def test_a_malformed_index_is_a_one_line_error(tmp_path: Path, multistream_dump:
                    "--output", str(tmp_path / "out"), "--no-annotate"])
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1 and "line 2" in err and "index" in err
+
+
+def test_vocabulary_trainer_reads_the_dump(cli_docs: dict[str, bytes]) -> None:
+    """`python -m pipeline.vocab --input wikidump:DUMP` learns from the articles only."""
+    from pipeline.documents import CleanOptions
+    from pipeline.vocab import iter_texts
+
+    stats: Counter[str] = Counter()
+    texts = list(iter_texts([f"wikidump:{FIXTURE}"], "wikiextractor", CleanOptions(), stats))
+    assert len(texts) == stats["documents_used"] == ARTICLES
+    assert (stats["skipped.redirect"], stats["skipped.namespace"], stats["skipped.disambiguation"],
+            stats["skipped.empty"]) == (4, 1, 4, 1)
+    assert {t.split("\n", 1)[0] for t in texts} <= {d.split(b"\n", 1)[0].decode() for d in cli_docs.values()}
+
+
+def test_markup_edge_cases_match_wikiextractors_command_line(tmp_path: Path) -> None:
+    """Hand-written pages whose text depends on handing Extractor the text XML-escaped, as the dump
+    stores it (<nowiki> inside a template call, entities written as entities, parser functions)."""
+    import io
+
+    texts = ["Intro {{lang|<nowiki>}}</nowiki>}} tail stays.\n\nSecond para with [[Link|label]] and <!-- hidden --> visible.",
+             "Math: 1 < 2 and 3 > 2 and &amp;nbsp; and &lt;b&gt;bold&lt;/b&gt; and {{#if: x | yes | no }} end.",
+             'Quote "x" and [[File:A.jpg|thumb|cap]] and [http://x.org site] and {{PAGENAME}} here.']
+    page = ('  <page>\n    <title>T{0} &amp; &quot;q&quot;</title>\n    <ns>0</ns>\n    <id>{0}</id>\n    <revision>\n'
+            '      <id>{0}0</id>\n      <timestamp>2016-01-02T03:04:05Z</timestamp>\n'
+            '      <text xml:space="preserve">{1}</text>\n    </revision>\n  </page>\n')
+    from xml.sax.saxutils import escape
+
+    pages = "".join(page.format(i, escape(t, {'"': "&quot;"})) for i, t in enumerate(texts, 1))
+    dump = tmp_path / "synthetic.xml.bz2"
+    # The command line needs <siteinfo>'s Template namespace (without it, it drops every page).
+    siteinfo = '  <siteinfo>\n    <namespaces>\n      <namespace key="10">Template</namespace>\n    </namespaces>\n  </siteinfo>\n'
+    dump.write_bytes(bz2.compress(
+        f'<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">\n{siteinfo}{pages}</mediawiki>\n'.encode()))
+    subprocess.run([sys.executable, "-m", "wikiextractor.WikiExtractor", "--no-templates", "--processes", "1", "-q",
+                    "-b", "10M", "-o", str(tmp_path / "out"), str(dump)], check=True)
+    data = b"".join(p.read_bytes() for p in sorted((tmp_path / "out").rglob("wiki_*")))
+    cli = {d.doc_id.split("#")[1]: d.data for d in frame_wikiextractor(io.BytesIO(data), "cli")}
+    ours = {r.doc_id.split("#")[1]: r.data for r in _read(dump)}
+    assert ours == cli and len(cli) == 3
