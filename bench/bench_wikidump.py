@@ -4,7 +4,7 @@
 
 Runs `python -m pipeline --no-annotate` three times, with the bert-base-cased vocabulary:
 1. `wikidump:DUMP` (the raw dump, one range),
-2. `wikidump:` the same dump rewritten in the multistream layout (100 pages a stream, index beside it)
+2. `wikidump:` the same dump rewritten in the multistream layout (20 pages a stream, index beside it)
    and cut into several ranges (`--split-bytes`), which must give the same pieces per article,
 3. `wikiextractor:EXTRACTED` (the dump run through `python -m wikiextractor.WikiExtractor`).
 Then compares, by page id: which articles each kept, total word pieces (goal: within 2% on the
@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import contextlib
 import json
 import logging
 import resource
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -29,7 +31,7 @@ import numpy as np
 
 from contract.schema import open_shard, read_manifest
 from pipeline.run import run
-from pipeline.wikidump import multistream
+from pipeline.wikidump import multistream, plan_dump
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -42,8 +44,9 @@ def _cpu() -> float:
 def pipeline_pieces(out: Path, spec: str, vocab: Path, *flags: str) -> tuple[dict[str, int], dict, dict[str, float]]:
     """Run the pipeline; (page id -> word pieces, manifest, timing)."""
     wall, cpu = time.perf_counter(), _cpu()
-    run(["--input", spec, "--vocab", str(vocab), "--output", str(out), "--no-annotate", "--num-shards", "2",
-         "--overwrite", *flags])
+    with contextlib.redirect_stdout(sys.stderr):  # the pipeline's summary; stdout is the report
+        run(["--input", spec, "--vocab", str(vocab), "--output", str(out), "--no-annotate", "--num-shards", "2",
+             "--overwrite", *flags])
     timing = {"wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(_cpu() - cpu, 2)}
     manifest = read_manifest(out)
     pieces: dict[str, int] = defaultdict(int)
@@ -68,11 +71,13 @@ def main() -> None:
         ours, ours_manifest, ours_time = pipeline_pieces(root / "wikidump", f"wikidump:{args.dump}", args.vocab)
         ms_dir = root / "ms"
         ms_dir.mkdir()
-        dump, index = multistream(bz2.decompress(args.dump.read_bytes()), pages_per_stream=100)
-        (ms_dir / "enwiki-sample-pages-articles-multistream.xml.bz2").write_bytes(dump)
+        dump, index = multistream(bz2.decompress(args.dump.read_bytes()), pages_per_stream=20)
+        ms_path = ms_dir / "enwiki-sample-pages-articles-multistream.xml.bz2"
+        ms_path.write_bytes(dump)
         (ms_dir / "enwiki-sample-pages-articles-multistream-index.txt.bz2").write_bytes(index)
         multi, _, multi_time = pipeline_pieces(root / "multi", f"wikidump:{ms_dir}/*.xml.bz2", args.vocab,
                                                "--split-bytes", str(args.split_bytes))
+        ms_ranges = len(plan_dump(str(ms_path), len(dump), args.split_bytes))
         ref, ref_manifest, ref_time = pipeline_pieces(root / "ref", f"wikiextractor:{args.extracted}", args.vocab)
     common = sorted(set(ours) & set(ref))
     ratios = np.array([ours[k] / ref[k] for k in common])
@@ -95,6 +100,7 @@ def main() -> None:
             "max": round(float(ratios.max()), 5),
             "outside_1pct": {k: round(ours[k] / ref[k], 4) for k in common if abs(ours[k] / ref[k] - 1) > 0.01},
         },
+        "multistream_ranges": ms_ranges,
         "multistream_ranges_same_pieces": multi == ours,
         "time": {"wikidump": ours_time, "wikidump_multistream": multi_time, "wikiextractor_format": ref_time},
         "documents_read": {"wikidump": ours_manifest["totals"]["documents_read"],
