@@ -35,7 +35,8 @@ from wikiextractor.extract import Extractor, MagicWords, ignoredTags, ignoreTag
 from pipeline.documents import RawDocument, Rejection
 
 FORMAT = "wikidump"
-CHUNK_BYTES = 1 << 18  # compressed bytes read at a time (a bz2 block is <= 900 kB uncompressed)
+CHUNK_BYTES = 1 << 18  # compressed bytes read at a time
+OUT_BYTES = 1 << 20  # decompressed bytes handed on at a time (bz2 can expand a read 100-fold and more)
 # A bz2 stream header ("BZh" + level) followed by a block magic (or, for an empty stream, the
 # end-of-stream magic). Streams of a multistream dump are byte-aligned, their blocks are not, so
 # this finds the next stream start after a break (a false match in compressed data has odds 2^-80).
@@ -144,8 +145,8 @@ def plan_dump(path: str, size: int, split_bytes: int) -> list[tuple[int, int | N
         return [(0, None)]
     if offsets[-1] >= size:
         raise ValueError(f"{index}: stream offset {offsets[-1]} is past the end of {path} ({size} bytes)")
-    starts = [offsets[0]]  # the header stream before it holds only <siteinfo>, no page
-    for offset in offsets[1:]:
+    starts = [0]  # the first range also reads the header stream (<siteinfo>, the <mediawiki> root)
+    for offset in offsets:
         if offset - starts[-1] >= split_bytes:
             starts.append(offset)
     return [(s, e) for s, e in zip(starts, starts[1:], strict=False)] + [(starts[-1], None)]
@@ -191,31 +192,33 @@ def _decompressed(stream: BinaryIO, source: str, start: int, end: int | None) ->
                 return
             pos = resume
             continue
-        stream_start, read_to = pos, pos  # read_to: compressed bytes fed to the decompressor so far
+        stream_start, fed = pos, 0  # fed: compressed bytes of this stream given to the decompressor
         decompressor = bz2.BZ2Decompressor()
         while True:
             try:
-                out = decompressor.decompress(buf)
+                out = decompressor.decompress(buf, max_length=OUT_BYTES)
             except OSError as e:
                 resume = _next_stream(stream, stream_start + 1)
                 yield StreamBreak(source, stream_start, "bz2_corrupt",
-                                  f"bz2 stream at byte {stream_start}: {e} in bytes {read_to}-{read_to + len(buf)}"
+                                  f"bz2 stream at byte {stream_start}: {e} by byte {stream_start + fed + len(buf)}"
                                   + _resumed(resume, end))
                 if resume is None:
                     return
                 pos = resume
                 break
+            fed += len(buf)
+            buf = b""
             if out:
                 yield stream_start, out
             if decompressor.eof:
-                pos = read_to + len(buf) - len(decompressor.unused_data)
+                pos = stream_start + fed - len(decompressor.unused_data)
                 break
-            read_to += len(buf)
-            buf = stream.read(CHUNK_BYTES)
-            if not buf:
-                yield StreamBreak(source, stream_start, "bz2_truncated",
-                                  f"the file ends at byte {read_to} inside the bz2 stream that starts at byte {stream_start}")
-                return
+            if decompressor.needs_input:
+                buf = stream.read(CHUNK_BYTES)
+                if not buf:
+                    yield StreamBreak(source, stream_start, "bz2_truncated", f"the file ends at byte "
+                                      f"{stream_start + fed} inside the bz2 stream that starts at byte {stream_start}")
+                    return
 
 
 def _resumed(resume: int | None, end: int | None) -> str:

@@ -147,7 +147,7 @@ def test_multistream_ranges_read_every_page_once(multistream_dump: Path) -> None
     for offset in set(offsets):  # each index offset starts a stream that holds whole pages
         assert bz2.BZ2Decompressor().decompress(data[offset:]).startswith(b"  <page>\n")
     ranges = plan_dump(str(multistream_dump), len(data), split_bytes=20_000)
-    assert len(ranges) > 2 and ranges[0][0] == min(offsets) and ranges[-1][1] is None
+    assert len(ranges) > 2 and ranges[0][0] == 0 and ranges[-1][1] is None
     assert all(e is None or e in offsets for _, e in ranges)
     assert _read_planned(multistream_dump, 20_000) == _read_planned(multistream_dump, 1 << 30)  # one range
     whole = [(type(r), r.doc_id, getattr(r, "data", None)) for r in _read(FIXTURE)]
@@ -210,7 +210,7 @@ def test_not_a_dump_is_a_break_not_a_crash(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_pipeline_end_to_end(tmp_path: Path, multistream_dump: Path) -> None:
     """`python -m pipeline --input wikidump:DUMP`: skips counted by reason, the same shards from the
-    single-stream dump and from its multistream copy cut into several ranges."""
+    single-stream dump in one process and from its multistream copy cut into ranges over 2 workers."""
     # The single-stream fixture under the multistream copy's name and folder (no index beside it), so
     # the documents have the same sources (hence ids, hence shards).
     alone = tmp_path / multistream_dump.parent.name / multistream_dump.name
@@ -221,7 +221,8 @@ def test_pipeline_end_to_end(tmp_path: Path, multistream_dump: Path) -> None:
     assert single["totals"]["documents_read"] == single["totals"]["documents_written"] == ARTICLES
     assert len(plan_dump(str(multistream_dump), multistream_dump.stat().st_size, 20_000)) > 2
     multi = build_shards(tmp_path / "multi", [f"wikidump:{multistream_dump.parent}/*.xml.bz2"], "--no-annotate",
-                         "--num-shards", "2", "--split-bytes", "20000")
+                         "--num-shards", "2", "--split-bytes", "20000",
+                         "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     assert multi["skipped"] == single["skipped"] and multi["totals"] == single["totals"]
     assert [s["sha256"] for s in multi["shards"]] == [s["sha256"] for s in single["shards"]]
 
@@ -291,3 +292,47 @@ def test_markup_edge_cases_match_wikiextractors_command_line(tmp_path: Path) -> 
     cli = {d.doc_id.split("#")[1]: d.data for d in frame_wikiextractor(io.BytesIO(data), "cli")}
     ours = {r.doc_id.split("#")[1]: r.data for r in _read(dump)}
     assert ours == cli and len(cli) == 3
+
+
+def test_a_wrong_index_loses_no_page(tmp_path: Path, multistream_dump: Path) -> None:
+    """Offsets that miss the stream starts by a byte: each range says so and reads on from the next
+    stream start, and every page is still read exactly once."""
+    dump = tmp_path / multistream_dump.name
+    dump.write_bytes(multistream_dump.read_bytes())
+    index = bz2.decompress(Path(index_path(str(multistream_dump))).read_bytes()).decode().splitlines()
+    shifted = [f"{int(o) + 1}:{rest}" for o, rest in (line.split(":", 1) for line in index)]
+    Path(index_path(str(dump))).write_bytes(bz2.compress(("\n".join(shifted) + "\n").encode()))
+    ranges = plan_dump(str(dump), dump.stat().st_size, 20_000)
+    records = _read_planned(dump, 20_000)
+    breaks = [r for r in records if isinstance(r, StreamBreak)]
+    assert ranges[0][0] == 0  # the first range starts with the header, not at the first offset
+    assert [(b.reason, b.offset) for b in breaks] == [("not_a_bz2_stream", start) for start, _ in ranges[1:]]
+    assert sorted(r.doc_id for r in records if not isinstance(r, StreamBreak)) == sorted(
+        r.doc_id for r in _read(multistream_dump))
+
+
+def test_memory_holds_one_page_not_the_dump(xml: bytes, monkeypatch) -> None:
+    """Peak Python memory reading 16 copies of the fixture's small pages stays that of reading 4
+    copies (reads and decompressed chunks made small, so both runs are past one chunk)."""
+    import io
+    import re
+    import tracemalloc
+
+    import pipeline.wikidump as wikidump
+
+    monkeypatch.setattr(wikidump, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(wikidump, "OUT_BYTES", 16384)
+    head, tail = xml.index(b"  <page>\n"), xml.rindex(b"  </page>\n") + len(b"  </page>\n")
+    small = [p for p in re.findall(rb"  <page>\n.*?\n  </page>\n", xml[head:tail], re.S) if len(p) < 5000]
+
+    def peak(copies: int) -> int:
+        data = bz2.compress(xml[:head] + b"".join(small) * copies + xml[tail:], 1)
+        tracemalloc.start()
+        n = sum(1 for _ in frame_dump(io.BytesIO(data), "mem"))
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert n == len(small) * copies
+        return top
+
+    few, many = peak(4), peak(16)
+    assert many < 1.25 * few, (few, many)
