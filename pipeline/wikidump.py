@@ -186,8 +186,8 @@ def _decompressed(stream: BinaryIO, source: str, start: int, end: int | None) ->
         if not buf:
             return
         if not _STREAM_START.match(buf):
-            resume = _next_stream(stream, pos + 1)
-            yield StreamBreak(source, pos, "not_a_bz2_stream", f"no bz2 stream starts at byte {pos}" + _resumed(resume, end))
+            resume = _next_stream(stream, pos + 1, end)
+            yield StreamBreak(source, pos, "not_a_bz2_stream", f"no bz2 stream starts at byte {pos}" + _resumed(resume))
             if resume is None:
                 return
             pos = resume
@@ -198,10 +198,10 @@ def _decompressed(stream: BinaryIO, source: str, start: int, end: int | None) ->
             try:
                 out = decompressor.decompress(buf, max_length=OUT_BYTES)
             except OSError as e:
-                resume = _next_stream(stream, stream_start + 1)
+                resume = _next_stream(stream, stream_start + 1, end)
                 yield StreamBreak(source, stream_start, "bz2_corrupt",
                                   f"bz2 stream at byte {stream_start}: {e} by byte {stream_start + fed + len(buf)}"
-                                  + _resumed(resume, end))
+                                  + _resumed(resume))
                 if resume is None:
                     return
                 pos = resume
@@ -221,21 +221,22 @@ def _decompressed(stream: BinaryIO, source: str, start: int, end: int | None) ->
                     return
 
 
-def _resumed(resume: int | None, end: int | None) -> str:
-    if resume is None or (end is not None and resume >= end):
+def _resumed(resume: int | None) -> str:
+    if resume is None:
         return "; no later stream in this range"
     return f"; resumed at the stream at byte {resume}"
 
 
-def _next_stream(stream: BinaryIO, pos: int) -> int | None:
-    """Offset of the first bz2 stream start at or after `pos`."""
+def _next_stream(stream: BinaryIO, pos: int, end: int | None) -> int | None:
+    """Offset of the first bz2 stream start at or after `pos` and before `end` (None: the file's end)."""
     stream.seek(pos)
     tail = b""
-    while chunk := stream.read(CHUNK_BYTES):
+    while (end is None or pos < end) and (chunk := stream.read(CHUNK_BYTES)):
         window = tail + chunk
         m = _STREAM_START.search(window)
         if m:
-            return pos - len(tail) + m.start()
+            found = pos - len(tail) + m.start()
+            return found if end is None or found < end else None
         tail = window[-9:]  # a match may straddle two chunks (the pattern is 10 bytes)
         pos += len(chunk)
     return None
