@@ -98,7 +98,7 @@ def bench_training(size: str, data: Path, batch_tokens: int, seq: int, compiled:
         padded[0] += micro["input_ids"].numel()
         rows = len(micro["input_ids"])
         counts = global_counts([micro], 1, device)
-        train_step(net, [to_device(micro, device, compiled)], counts[:3], 1, autocast)
+        train_step(net, [to_device(micro, device, compiled)], counts.targets, 1, autocast)
         _optimizer_step(opt, torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
         opt.zero_grad(set_to_none=True)
         seqs[0] += rows

@@ -25,7 +25,8 @@ from masking.config import SCHEMES
 from trainer import checkpoint
 from trainer.config import stored_config
 from trainer.data import BlockStream
-from trainer.model import IGNORE, OBJECTIVES, SpanBert
+from trainer.metrics import ObjectiveSums
+from trainer.model import SpanBert
 
 EVAL_SEED = 20_200_101  # masks for evaluation: independent of every training seed
 
@@ -36,29 +37,13 @@ def evaluate(
     """Summed losses / correct counts over `rows`, divided by the target counts at the end (a token-level
     average, the same normalisation as training)."""
     model.eval()
-    sums: dict[str, float] = {}
+    sums = ObjectiveSums.zeros(device)
     for i in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in stream.collate(0, rows[i : i + batch_size]).items()}
         with torch.no_grad():  # a context, not a decorator: mutation testing (docs/testing.md) skips decorated functions
             out = model(batch)
-        for objective in OBJECTIVES:
-            if f"{objective}_loss" not in out:
-                continue
-            labels = batch[f"{objective}_labels"]
-            for key, value in (
-                ("loss", out[f"{objective}_loss"]),
-                ("correct", out[f"{objective}_correct"]),
-                ("targets", (labels != IGNORE).sum()),
-            ):
-                sums[f"{objective}_{key}"] = sums.get(f"{objective}_{key}", 0.0) + float(value)
-    result: dict[str, float] = {}
-    for objective in OBJECTIVES:
-        n = sums.get(f"{objective}_targets", 0.0)
-        if n:
-            result[f"{objective}_loss"] = sums[f"{objective}_loss"] / n
-            result[f"{objective}_acc"] = sums[f"{objective}_correct"] / n
-            result[f"{objective}_targets"] = int(n)
-    return result
+        sums.add_output(out, batch)
+    return sums.means(with_targets=True)
 
 
 def evaluate_checkpoint(

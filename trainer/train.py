@@ -39,7 +39,8 @@ from trainer import checkpoint
 from trainer.checkpoint import TrainState
 from trainer.config import Config, TrainConfig, stored_config
 from trainer.data import BlockStream, build_loader
-from trainer.model import IGNORE, OBJECTIVES, SpanBert, decay_groups, flops_per_token
+from trainer.metrics import ObjectiveSums, StepCounts, target_counts
+from trainer.model import OBJECTIVES, SpanBert, decay_groups, flops_per_token
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 spec sheets
 
@@ -77,35 +78,29 @@ def teardown_dist() -> None:
         dist.destroy_process_group()
 
 
-def target_counts(batch: dict[str, torch.Tensor]) -> list[float]:
-    """Local number of MLM / SBO / NSP targets in one micro-batch (from the labels, CPU, no sync)."""
-    return [
-        float((batch["mlm_labels"] != IGNORE).sum()),
-        float((batch["sbo_labels"] != IGNORE).sum()) if "sbo_labels" in batch else 0.0,
-        float(len(batch["nsp_labels"])) if "nsp_labels" in batch else 0.0,
-    ]
-
-
-def global_counts(micro_batches: list[dict[str, torch.Tensor]], world: int, device: torch.device, flag: float = 0.0) -> torch.Tensor:
-    """[N_mlm, N_sbo, N_nsp, flag] summed over this rank's micro-batches, then all-reduced over ranks."""
-    local = [sum(c) for c in zip(*map(target_counts, micro_batches), strict=True)] + [flag]
-    counts = torch.tensor(local, dtype=torch.float64)
+def global_counts(micro_batches: list[dict[str, torch.Tensor]], world: int, device: torch.device, flag: float = 0.0) -> StepCounts:
+    """The target counts summed over this rank's micro-batches (from the labels, CPU, no sync) and the
+    stop flag, then all-reduced over ranks in one tensor."""
+    local = [sum(c) for c in zip(*map(target_counts, micro_batches), strict=True)]
+    counts = StepCounts(torch.tensor(local, dtype=torch.float64), torch.tensor(flag, dtype=torch.float64)).pack()
     if torch.device(device).type == "cuda":  # a pageable host->device copy would wait for the GPU to drain
         counts = counts.pin_memory()
     counts = counts.to(device, non_blocking=True)
     if world > 1:
         dist.all_reduce(counts)
-    return counts
+    return StepCounts.unpack(counts)
 
 
 def train_step(
     model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], counts: torch.Tensor,
     world: int, autocast: contextlib.AbstractContextManager,
-) -> torch.Tensor:
-    """Forward + backward over this rank's micro-batches; returns local summed metrics
-    [mlm_loss, mlm_correct, sbo_loss, sbo_correct, nsp_loss, nsp_correct] (gradients left in .grad)."""
+) -> ObjectiveSums:
+    """Forward + backward over this rank's micro-batches, `counts` the global targets per objective
+    (StepCounts.targets); returns this rank's summed losses and correct counts with those global
+    targets (gradients left in .grad)."""
     denom = counts.clamp(min=1)  # an objective with no targets contributes 0, not NaN
-    sums = torch.zeros(6, dtype=torch.float64, device=counts.device)
+    sums = ObjectiveSums.zeros(counts.device)
+    sums.targets = counts
     ddp = getattr(model, "_orig_mod", model)  # torch.compile(DDP(...)): no_sync lives on the DDP inside
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
@@ -116,10 +111,7 @@ def train_step(
                 out = model(batch)
             loss = sum(out[f"{o}_loss"] / denom[k] for k, o in enumerate(OBJECTIVES) if f"{o}_loss" in out)
             (loss * world).backward()
-        for k, o in enumerate(OBJECTIVES):
-            if f"{o}_loss" in out:
-                sums[2 * k] += out[f"{o}_loss"].detach()
-                sums[2 * k + 1] += out[f"{o}_correct"]
+        sums.add_output(out)
     return sums
 
 
@@ -326,7 +318,7 @@ def loop(t: Trainer, ts: TrainState) -> TrainState:
         while ts.step < tc.max_steps:
             micro = [next(t.batches) for _ in range(tc.grad_accum)]
             counts = global_counts(micro, d.world, d.device, flag=stop.poll())
-            if ts.step % tc.log_every == 0 and counts[3].item() > 0:  # some rank got SIGTERM / ran out of time
+            if ts.step % tc.log_every == 0 and counts.stop.item() > 0:  # some rank got SIGTERM / ran out of time
                 t.log.info(f"{stop.reason}: saving step {ts.step} and exiting")
                 break
             epoch, sizes = int(micro[0]["epoch"][0]), _sizes(micro)
@@ -335,13 +327,13 @@ def loop(t: Trainer, ts: TrainState) -> TrainState:
             lr = peak_lr * lr_factor(ts.step, warmup, total)  # skipped (non-finite) steps still advance the schedule
             for group in t.optimizer.param_groups:
                 group["lr"] = lr
-            sums = train_step(t.net, micro, counts[:3], d.world, t.autocast)
+            sums = train_step(t.net, micro, counts.targets, d.world, t.autocast)
             norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.optim.clip_grad_norm or math.inf)
             found_inf = _optimizer_step(t.optimizer, norm)  # identical on every rank: gradients are all-reduced
             t.optimizer.zero_grad(set_to_none=True)
             ts.step += 1
             ts.data_position += tc.grad_accum * d.world
-            meter.add(sums, counts[:3], found_inf, sizes)
+            meter.add(sums, found_inf, sizes)
 
             if ts.step % tc.log_every == 0 or ts.step == tc.max_steps:
                 meter.log(ts, epoch=epoch, lr=lr, grad_norm=float(norm))
@@ -430,9 +422,9 @@ class _Meter:
         self.window = _Window()
         self.progress = t.log.progress(ts.step, t.cfg.train.max_steps)
 
-    def add(self, sums: torch.Tensor, counts: torch.Tensor, found_inf: torch.Tensor, sizes: tuple[int, int, int]) -> None:
+    def add(self, sums: ObjectiveSums, found_inf: torch.Tensor, sizes: tuple[int, int, int]) -> None:
         self.nonfinite.add(found_inf)
-        self.window.add(sums, counts, found_inf, *(n * self.t.d.world for n in sizes))
+        self.window.add(sums, found_inf, *(n * self.t.d.world for n in sizes))
         self.progress.update(1)
 
     def sync(self, ts: TrainState) -> TrainState:
@@ -498,40 +490,30 @@ def _peak_flops(device: torch.device) -> float | None:
 class _Window:
     """Metrics summed since the last log line; reduced over ranks only when logging (then a fresh window)."""
 
-    sums: torch.Tensor | None = None  # local loss/correct sums, global target counts, skipped steps
+    sums: ObjectiveSums | None = None  # local loss/correct sums, global target counts
+    skipped: torch.Tensor | None = None  # non-finite steps (updates skipped), the same on every rank
     tokens: int = 0
     padded: int = 0
     seqs: int = 0
     t0: float = field(default_factory=time.perf_counter)
 
-    def add(self, sums: torch.Tensor, counts: torch.Tensor, found_inf: torch.Tensor, tokens: int, padded: int, seqs: int) -> None:
-        row = torch.cat([sums, counts.to(sums.dtype), found_inf.to(sums.dtype)[None]])  # local sums, global counts, skipped
-        self.sums = row if self.sums is None else self.sums + row
+    def add(self, sums: ObjectiveSums, found_inf: torch.Tensor, tokens: int, padded: int, seqs: int) -> None:
+        found_inf = found_inf.to(torch.float64)
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.skipped = found_inf if self.skipped is None else self.skipped + found_inf
         self.tokens += tokens
         self.padded += padded
         self.seqs += seqs
 
     def reduce(self, d: Dist) -> dict[str, Any]:
-        s = self.sums
-        if d.world > 1:
-            s = s.clone()
-            dist.all_reduce(s[:6])
-        s = s.cpu().numpy()
+        sums = self.sums.all_reduce_local() if d.world > 1 else self.sums
         elapsed = time.perf_counter() - self.t0
-        m: dict[str, Any] = {}
-        loss = 0.0
-        for k, o in enumerate(OBJECTIVES):
-            n = s[6 + k]
-            if n > 0:
-                m[f"{o}_loss"] = s[2 * k] / n
-                m[f"{o}_acc"] = s[2 * k + 1] / n
-                loss += s[2 * k] / n
-        m["loss"] = loss
-        m["tokens_per_s"] = self.tokens / elapsed
-        m["padded_tokens_per_s"] = self.padded / elapsed
-        m["mean_seq_len"] = self.padded / max(1, self.seqs)
-        m = {k: float(v) for k, v in m.items()}
-        m["skipped"] = int(s[9])  # non-finite steps (updates skipped) in this window
+        m: dict[str, Any] = sums.means()
+        m["loss"] = sums.total_loss()
+        m["tokens_per_s"] = float(self.tokens / elapsed)
+        m["padded_tokens_per_s"] = float(self.padded / elapsed)
+        m["mean_seq_len"] = float(self.padded / max(1, self.seqs))
+        m["skipped"] = int(self.skipped)  # non-finite steps (updates skipped) in this window
         return m
 
 

@@ -56,10 +56,10 @@ def _worker(rank: int, world: int, halves_file: str, out_file: str, init_file: s
         model = _model()
         ddp = DDP(model)
         counts = global_counts([batch], world, torch.device("cpu"))
-        sums = train_step(ddp, [batch], counts[:3], world, contextlib.nullcontext())
-        dist.all_reduce(sums)
+        sums = train_step(ddp, [batch], counts.targets, world, contextlib.nullcontext())
+        sums = sums.all_reduce_local()
         if rank == 0:
-            torch.save({"grads": _grads(model), "sums": sums, "counts": counts}, out_file)
+            torch.save({"grads": _grads(model), "sums": torch.cat([sums.loss, sums.correct]), "counts": counts.pack()}, out_file)
     finally:
         dist.barrier()  # nobody tears gloo down while a peer still talks (its known shutdown race)
         dist.destroy_process_group()
@@ -67,15 +67,15 @@ def _worker(rank: int, world: int, halves_file: str, out_file: str, init_file: s
 
 def test_gradients_identical_for_1x2B_accumulation_and_2_gloo_ranks(shard_dir, tmp_path):
     full, h0, h1 = _halves(shard_dir)
-    assert global_counts([h0], 1, "cpu")[1] != global_counts([h1], 1, "cpu")[1]  # the halves differ
+    assert global_counts([h0], 1, "cpu").targets[1] != global_counts([h1], 1, "cpu").targets[1]  # the halves differ
 
     one = _model()
     counts = global_counts([full], 1, torch.device("cpu"))
-    sums_one = train_step(one, [full], counts[:3], 1, contextlib.nullcontext())
+    sums_one = train_step(one, [full], counts.targets, 1, contextlib.nullcontext())
     ref = _grads(one)
 
     accum = _model()
-    train_step(accum, [h0, h1], global_counts([h0, h1], 1, "cpu")[:3], 1, contextlib.nullcontext())
+    train_step(accum, [h0, h1], global_counts([h0, h1], 1, "cpu").targets, 1, contextlib.nullcontext())
     for n, g in _grads(accum).items():
         torch.testing.assert_close(g, ref[n], rtol=0, atol=1e-6, msg=n)
 
@@ -83,15 +83,15 @@ def test_gradients_identical_for_1x2B_accumulation_and_2_gloo_ranks(shard_dir, t
     mp.start_processes(_worker, args=(2, str(tmp_path / "halves.pt"), str(tmp_path / "out.pt"), str(tmp_path / "init")),
                        nprocs=2, join=True, start_method="spawn")
     two = torch.load(tmp_path / "out.pt")
-    torch.testing.assert_close(two["counts"], counts)
-    torch.testing.assert_close(two["sums"], sums_one, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(two["counts"], counts.pack())
+    torch.testing.assert_close(two["sums"], torch.cat([sums_one.loss, sums_one.correct]), rtol=1e-6, atol=1e-6)
     for n, g in two["grads"].items():
         torch.testing.assert_close(g, ref[n], rtol=0, atol=1e-6, msg=n)
 
     # Control: averaging per rank (what a naive DDP loop does) gives a measurably different gradient.
     naive = _model()
     for h in (h0, h1):
-        train_step(naive, [h], global_counts([h], 1, "cpu")[:3], 2, contextlib.nullcontext())
+        train_step(naive, [h], global_counts([h], 1, "cpu").targets, 2, contextlib.nullcontext())
     diff = max((p.grad / 2 - ref[n]).abs().max().item() for n, p in naive.named_parameters())
     assert diff > 1e-5
 

@@ -23,6 +23,7 @@ from trainer import ablate, checkpoint
 from trainer.config import Config
 from trainer.data import BlockStream
 from trainer.evaluate import EVAL_SEED, evaluate, evaluate_checkpoint
+from trainer.metrics import ObjectiveSums
 from trainer.model import IGNORE, SpanBert
 from trainer.train import global_counts, target_counts, train_step
 
@@ -160,7 +161,7 @@ def test_train_step_gradient_is_that_of_the_mean_losses(shard_dir):
     model = _model(cfg, stream).train()
     halves = [stream.collate(0, rows[:2]), stream.collate(0, rows[2:])]
     counts = global_counts(halves, 1, CPU)
-    sums = train_step(model, halves, counts[:3], 1, contextlib.nullcontext())
+    sums = train_step(model, halves, counts.targets, 1, contextlib.nullcontext())
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     model.zero_grad(set_to_none=True)
@@ -169,11 +170,11 @@ def test_train_step_gradient_is_that_of_the_mean_losses(shard_dir):
     for n, g in got.items():
         torch.testing.assert_close(g, model.get_parameter(n).grad, rtol=1e-4, atol=1e-7, msg=n)
     # The returned sums are summed (not averaged) losses and correct counts; the counts are the target numbers.
-    assert counts[:2].tolist() == [ref["mlm_targets"], ref["sbo_targets"]] and counts[2] == 0
+    assert counts.targets[:2].tolist() == [ref["mlm_targets"], ref["sbo_targets"]] and counts.targets[2] == 0
     assert ref["sbo_targets"] < ref["mlm_targets"]
-    assert sums[0].item() == pytest.approx(ref["mlm_loss"].item() * ref["mlm_targets"], rel=1e-5)
-    assert sums[2].item() == pytest.approx(ref["sbo_loss"].item() * ref["sbo_targets"], rel=1e-5)
-    assert sums[1].item() == ref["mlm_correct"] and sums[3].item() == ref["sbo_correct"]
+    assert sums.loss[0].item() == pytest.approx(ref["mlm_loss"].item() * ref["mlm_targets"], rel=1e-5)
+    assert sums.loss[1].item() == pytest.approx(ref["sbo_loss"].item() * ref["sbo_targets"], rel=1e-5)
+    assert sums.correct[0].item() == ref["mlm_correct"] and sums.correct[1].item() == ref["sbo_correct"]
 
 
 def model_ref_loss(model: SpanBert, stream: BlockStream, rows: np.ndarray) -> dict:
@@ -208,9 +209,9 @@ def test_global_counts_are_the_target_counts(shard_dir, objectives):
     micro = [stream.collate(0, stream.train_rows[:3]), stream.collate(0, stream.train_rows[3:5])]
     want = [sum(int((b[f"{o}_labels"] != IGNORE).sum()) if f"{o}_labels" in b else 0 for b in micro)
             for o in ("mlm", "sbo", "nsp")]
-    assert global_counts(micro, 1, CPU, flag=2.0).tolist() == [*want, 2.0]
-    assert global_counts(micro, 1, CPU).tolist() == [*want, 0.0]  # no stop flag unless one is raised
-    assert global_counts(micro, 1, CPU).dtype == torch.float64  # exact counts past 2**24 targets
+    assert global_counts(micro, 1, CPU, flag=2.0).pack().tolist() == [*want, 2.0]
+    assert global_counts(micro, 1, CPU).pack().tolist() == [*want, 0.0]  # no stop flag unless one is raised
+    assert global_counts(micro, 1, CPU).targets.dtype == torch.float64  # exact counts past 2**24 targets
     assert want[0] > 0 and (want[1] > 0) == cfg.model.use_sbo and want[2] == (5 if cfg.data.mode == "pair" else 0)
 
 
@@ -230,6 +231,11 @@ class _Linear(torch.nn.Module):
         return out
 
 
+def _slots(sums: ObjectiveSums) -> torch.Tensor:
+    """[mlm_loss, mlm_correct, sbo_loss, sbo_correct, nsp_loss, nsp_correct] of a step's sums."""
+    return torch.stack([sums.loss, sums.correct], 1).reshape(-1)
+
+
 def test_train_step_divides_each_summed_loss_by_its_global_count():
     """Hand-worked: two micro-batches (scale 1 and 3), summed losses mlm 2w·s, nsp 5w·s, global counts
     N_mlm = 4, N_nsp = 1 (a count of one must not be rounded up), world 2 (DDP averages, so x2)."""
@@ -238,7 +244,7 @@ def test_train_step_divides_each_summed_loss_by_its_global_count():
     micro = [{"scale": torch.tensor(1.0)}, {"scale": torch.tensor(3.0)}]
     sums = train_step(model, micro, counts, 2, contextlib.nullcontext())
     assert model.w.grad.item() == pytest.approx(2 * (2 * 4 / 4 + 5 * 4 / 1))
-    assert sums.dtype == torch.float64 and sums.tolist() == [8.0, 2.0, 0.0, 0.0, 20.0, 2.0]
+    assert sums.loss.dtype == torch.float64 and _slots(sums).tolist() == [8.0, 2.0, 0.0, 0.0, 20.0, 2.0]
 
 
 def test_checkpoint_of_a_pair_run_is_scored_as_pairs_and_checked_against_the_shards(shard_dir, tmp_path):
@@ -357,7 +363,7 @@ def test_ddp_synchronises_on_the_last_micro_batch_only(wrap):
     assert ddp.synced_backwards == [False, False, True]
     # The gradient is that of sum_k (summed loss_k / N_k) * world over the micro-batches (scales 1 + 3 + 0.5).
     assert ddp.module.w.grad.item() == pytest.approx(2 * 4.5 * (2 / 4 + 5 / 1))
-    assert sums.tolist() == [2 * 4.5, 3.0, 0.0, 0.0, 5 * 4.5, 3.0]
+    assert _slots(sums).tolist() == [2 * 4.5, 3.0, 0.0, 0.0, 5 * 4.5, 3.0]
 
 
 def test_one_micro_batch_synchronises():
@@ -373,7 +379,7 @@ def test_an_objective_without_targets_adds_nothing_and_divides_by_one():
     counts = torch.tensor([6.0, 0.0, 0.0], dtype=torch.float64)
     sums = train_step(model, _micro(1.0, 1.0), counts, 1, contextlib.nullcontext())
     assert model.w.grad.item() == pytest.approx(2 * 3.0 / 6.0)
-    assert sums.tolist() == [6.0, 2.0, 0.0, 2.0, 0.0, 0.0]
+    assert _slots(sums).tolist() == [6.0, 2.0, 0.0, 2.0, 0.0, 0.0]
 
 
 def test_sums_accumulate_losses_and_correct_counts_separately():
@@ -381,10 +387,10 @@ def test_sums_accumulate_losses_and_correct_counts_separately():
     model = _Linear({"mlm": 1.5, "sbo": 2.5, "nsp": 4.0}, correct=7.0)
     counts = torch.tensor([3.0, 5.0, 2.0], dtype=torch.float64)
     sums = train_step(model, _micro(2.0, 1.0), counts, 1, contextlib.nullcontext())
-    assert sums.dtype == torch.float64 and sums.device == counts.device
-    assert sums.tolist() == [1.5 * 3, 7.0 * 2, 2.5 * 3, 7.0 * 2, 4.0 * 3, 7.0 * 2]
+    assert sums.loss.dtype == torch.float64 and sums.loss.device == counts.device
+    assert _slots(sums).tolist() == [1.5 * 3, 7.0 * 2, 2.5 * 3, 7.0 * 2, 4.0 * 3, 7.0 * 2]
     assert model.w.grad.item() == pytest.approx(3 * (1.5 / 3 + 2.5 / 5 + 4.0 / 2))
-    assert not sums.requires_grad  # metrics, detached from the graph
+    assert not sums.loss.requires_grad  # metrics, detached from the graph
 
 
 def _batch(mlm: list[list[int]], sbo: list[list[int]] | None = None, nsp: list[int] | None = None) -> dict:
@@ -407,8 +413,8 @@ def test_global_counts_sum_micro_batches_and_carry_the_flag():
     x = IGNORE
     micro = [_batch([[5, x, 7]], sbo=[[5, x, 7]], nsp=[1]), _batch([[x, 3, 3], [2, 2, 2]], sbo=[[x, x, 3], [x, x, x]], nsp=[0, 0])]
     got = global_counts(micro, 1, torch.device("cpu"), flag=1.0)
-    assert got.dtype == torch.float64 and got.tolist() == [7.0, 3.0, 3.0, 1.0]
-    assert global_counts(micro[:1], 1, "cpu").tolist() == [2.0, 2.0, 1.0, 0.0]
+    assert got.targets.dtype == torch.float64 and got.pack().tolist() == [7.0, 3.0, 3.0, 1.0]
+    assert global_counts(micro[:1], 1, "cpu").pack().tolist() == [2.0, 2.0, 1.0, 0.0]
 
 
 def test_counts_and_sums_live_on_the_training_device():
@@ -416,8 +422,8 @@ def test_counts_and_sums_live_on_the_training_device():
     The meta device stands in for an accelerator on a CPU-only machine: same code path, no data."""
     meta = torch.device("meta")
     counts = global_counts([_batch([[5, IGNORE]])], 1, meta)
-    assert counts.device == meta and counts.dtype == torch.float64 and counts.shape == (4,)
+    assert counts.targets.device == meta and counts.targets.dtype == torch.float64 and counts.pack().shape == (4,)
     model = _Linear({"mlm": 2.0}).to(meta)
-    sums = train_step(model, [{"scale": torch.ones((), device=meta)}], counts[:3], 1, contextlib.nullcontext())
-    assert sums.device == meta and sums.dtype == torch.float64 and sums.shape == (6,)
+    sums = train_step(model, [{"scale": torch.ones((), device=meta)}], counts.targets, 1, contextlib.nullcontext())
+    assert sums.loss.device == meta and sums.loss.dtype == torch.float64 and _slots(sums).shape == (6,)
     assert model.w.grad is not None and model.w.grad.device == meta

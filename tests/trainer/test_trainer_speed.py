@@ -125,7 +125,7 @@ def test_no_recompilation_after_warm_up_over_epochs_of_real_shards(mixed_shards)
     for batch in _epochs(stream, 3):
         calls = backend.calls
         counts = global_counts([batch], 1, CPU)
-        train_step(net, [to_device(batch, CPU, compiled=True)], counts[:3], 1, contextlib.nullcontext())
+        train_step(net, [to_device(batch, CPU, compiled=True)], counts.targets, 1, contextlib.nullcontext())
         model.zero_grad()
         assert backend.calls > calls  # the compiled graph ran (no silent fallback to eager)
         trace.append(backend.compiles)
@@ -152,10 +152,10 @@ def test_compiled_losses_equal_eager(shard_dir):
         out = []
         for b in batches:
             counts = global_counts([b], 1, CPU)
-            sums = train_step(net, [to_device(b, CPU, compiled)], counts[:3], 1, contextlib.nullcontext())
+            sums = train_step(net, [to_device(b, CPU, compiled)], counts.targets, 1, contextlib.nullcontext())
             opt.step()
             opt.zero_grad()
-            out.append(float(sums[0] / counts[0] + sums[2] / counts[1]))
+            out.append(float(sums.loss[0] / counts.targets[0] + sums.loss[1] / counts.targets[1]))
         losses[compiled] = out
     assert losses[False][-1] < losses[False][0]  # it trains
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
@@ -182,12 +182,12 @@ def _ddp_worker(rank: int, world: int, compiled: bool, data: str, out: str, init
         step = contextlib.nullcontext()
         for _ in range(2):  # warm-up (DDP rebuilds its buckets after the first pass), then one plain pass
             before = calls[0]
-            train_step(net, micro[:1], global_counts(micro[:1], world, CPU)[:3], world, step)
+            train_step(net, micro[:1], global_counts(micro[:1], world, CPU).targets, world, step)
             model.zero_grad(set_to_none=True)
         per_pass = calls[0] - before
         before = calls[0]
         counts = global_counts(micro, world, CPU)
-        train_step(net, micro, counts[:3], world, step)  # one optimizer step of 3 micro-batches
+        train_step(net, micro, counts.targets, world, step)  # one optimizer step of 3 micro-batches
         if rank == 0:
             grads = {n: p.grad.clone() for n, p in model.named_parameters()}
             torch.save({"per_pass": per_pass, "accum_calls": calls[0] - before, "grads": grads}, out)
@@ -209,7 +209,7 @@ def test_no_sync_under_compile_one_bucket_pass_per_step(shard_dir, tmp_path, com
     # The accumulated DDP gradient = one process over all 6 micro-batches (gradient_as_bucket_view included).
     torch.manual_seed(0)
     ref = SpanBert(_model_cfg())
-    train_step(ref, batches, global_counts(batches, 1, CPU)[:3], 1, contextlib.nullcontext())
+    train_step(ref, batches, global_counts(batches, 1, CPU).targets, 1, contextlib.nullcontext())
     for n, p in ref.named_parameters():
         torch.testing.assert_close(got["grads"][n], p.grad, rtol=0, atol=1e-6, msg=n)
 
@@ -331,10 +331,10 @@ def test_cuda_compiled_bf16_losses_equal_eager():
         out = []
         for b in batches:
             counts = global_counts([b], 1, b["input_ids"].device)
-            sums = train_step(net, [b], counts[:3], 1, autocast)
+            sums = train_step(net, [b], counts.targets, 1, autocast)
             opt.step()
             opt.zero_grad()
-            out.append(float(sums[0] / counts[0] + sums[2] / counts[1]))
+            out.append(float(sums.loss[0] / counts.targets[0] + sums.loss[1] / counts.targets[1]))
         losses[compiled] = out
     np.testing.assert_allclose(losses[True], losses[False], rtol=2e-2)
     torch._dynamo.reset()
