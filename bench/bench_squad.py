@@ -54,7 +54,7 @@ def step_times(shape: str, batch: int, seq: int, steps: int, squad: Path, vocab:
     layers, hidden, heads, ffn = SHAPES[shape]
     tok = load_tokenizer(vocab)
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_layers=layers, num_heads=heads,
-                      intermediate_size=ffn, use_sbo=False)
+                      intermediate_size=ffn, objective="mlm")
     data = load_squad(squad)
     feats = build_features(data, tok, FeatureConfig(max_seq_length=seq), training=True)
     # Full-length windows with an answer: the same real batch for both models.

@@ -71,7 +71,7 @@ def step_fn(name: str, layers: int, hidden: int, heads: int, ffn: int, batch: di
             return model(**inputs).loss
     else:
         cfg = ModelConfig(hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=ffn,
-                          use_sbo=name == "ours_sbo")
+                          objective="mlm+sbo" if name == "ours_sbo" else "mlm")
         model = SpanBert(cfg).train()
         params = decay_groups(model, 0.1)
         net = torch.compile(model) if compile_ else model

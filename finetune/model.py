@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from contract.tokenizer import Vocabulary, read_vocabulary
 from trainer import checkpoint
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, Objective
 from trainer.export import locate_vocab, save_tokenizer
 from trainer.hf import (
     CONFIG_FILE,
@@ -39,7 +39,7 @@ QA_PREFIX = "qa_outputs."
 class BertForQuestionAnswering(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = dataclasses.replace(cfg, use_nsp=False, use_sbo=False)  # no pooler, no pre-training heads
+        self.cfg = dataclasses.replace(cfg, objective=Objective.MLM)  # no pooler, no pre-training heads
         self.bert = Bert(self.cfg)
         self.qa_outputs = nn.Linear(cfg.hidden_size, 2)
         nn.init.normal_(self.qa_outputs.weight, std=cfg.init_std)  # BERT init; the encoder is loaded over
@@ -76,7 +76,7 @@ def load_pretrained(src: str | Path, vocab: str | None = None, data: str | None 
     """A run directory / checkpoint file (vocabulary from the run dir, --vocab or --data) or an HF BERT dir."""
     src = Path(src)
     if src.is_dir() and (src / CONFIG_FILE).is_file() and not (src / "checkpoints").is_dir():
-        cfg = model_config_from_hf(src, use_sbo=False, use_nsp=False)
+        cfg = model_config_from_hf(src, objective=Objective.MLM)
         vocab_path = Path(vocab) if vocab else find_vocab(src)
         if vocab_path is None:
             raise FileNotFoundError(f"{src}: no vocab.txt or tokenizer.json; pass --vocab")

@@ -6,7 +6,7 @@
 See docs/masking.md for the algorithm and every deviation from the paper's reference code.
 """
 
-from masking.config import SCHEMES, MaskingConfig
+from masking.config import SCHEMES, MaskingConfig, Scheme
 from masking.masker import MaskedBatch, MaskedBlock, Masker
 from masking.replace import KEEP, MASK, RANDOM
 from masking.sampler import SampledLengths, span_length_pmf
@@ -21,5 +21,6 @@ __all__ = [
     "Masker",
     "MaskingConfig",
     "SampledLengths",
+    "Scheme",
     "span_length_pmf",
 ]

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from numbers import Integral
 
-SCHEMES = ("subword", "whole_word", "named_entity", "noun_phrase", "geometric")
+
+class Scheme(enum.StrEnum):
+    """The masking schemes of the paper's Table 6 (a str: compares and serialises as its name)."""
+
+    SUBWORD = "subword"
+    WHOLE_WORD = "whole_word"
+    NAMED_ENTITY = "named_entity"
+    NOUN_PHRASE = "noun_phrase"
+    GEOMETRIC = "geometric"
+
+    @property
+    def span_column(self) -> str | None:
+        """The shard column of annotation spans the scheme samples from (contract.schema); None: it reads none."""
+        return _SPAN_COLUMN.get(self)
+
+
+_SPAN_COLUMN = {Scheme.NAMED_ENTITY: "entity_spans", Scheme.NOUN_PHRASE: "noun_phrase_spans"}
+SCHEMES = tuple(s.value for s in Scheme)
 
 # spaCy labels for numbers and quantities: the paper samples only non-numerical entity mentions.
 NUMERIC_ENTITY_LABELS = ("DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL")
@@ -15,8 +33,8 @@ NUMERIC_ENTITY_LABELS = ("DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINA
 class MaskingConfig:
     """What to mask and how. Defaults are the paper's SpanBERT settings (arXiv 1907.10529 §3.1)."""
 
-    scheme: str = "geometric"
-    """One of SCHEMES (the paper's Table 6)."""
+    scheme: Scheme = Scheme.GEOMETRIC
+    """One of Scheme (the paper's Table 6); its name as a string is taken too."""
     mask_ratio: float = 0.15
     """Budget: this fraction of the block's maskable pieces (rounded half up, at least 1)."""
     geometric_p: float = 0.2
@@ -38,6 +56,7 @@ class MaskingConfig:
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme={self.scheme!r}: choose one of {SCHEMES}")
+        object.__setattr__(self, "scheme", Scheme(self.scheme))  # frozen: the one normalisation
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio}: must lie in (0, 1); the paper uses 0.15")
         if not 0.0 < self.geometric_p <= 1.0:
@@ -62,4 +81,4 @@ class MaskingConfig:
 
     @property
     def spans_from_annotation(self) -> bool:
-        return self.scheme in ("named_entity", "noun_phrase")
+        return self.scheme.span_column is not None

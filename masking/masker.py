@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from masking import rng
-from masking.config import MaskingConfig
+from masking.config import MaskingConfig, Scheme
 from masking.given import take_given_spans
 from masking.layout import Layout, build_layout
 from masking.replace import Replacer
@@ -106,7 +106,7 @@ class Masker:
             mask_prob=config.mask_prob,
             random_prob=config.random_prob,
         )
-        if config.scheme == "geometric":
+        if config.scheme is Scheme.GEOMETRIC:
             self.length_cdf = pmf_to_cdf(span_length_pmf(config.geometric_p, config.max_span_words))
         else:
             self.length_cdf = _ONE_WORD
@@ -179,7 +179,7 @@ class Masker:
         if epoch < 0 or (block_indices < 0).any():
             raise ValueError("epoch and block indices must be >= 0")
         layout = build_layout(
-            input_ids, word_start, self.is_special, cfg.mask_ratio, every_piece_a_word=cfg.scheme == "subword"
+            input_ids, word_start, self.is_special, cfg.mask_ratio, every_piece_a_word=cfg.scheme is Scheme.SUBWORD
         )
         keys = rng.block_keys(cfg.seed, epoch, block_indices)
         sel = Selection.empty(layout)
@@ -200,7 +200,8 @@ class Masker:
         noun_phrase_spans: Sequence[np.ndarray | None] | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Flat (block, start, end) of the spans the scheme samples from, numeric entities dropped."""
-        per_block = entity_spans if self.config.scheme == "named_entity" else noun_phrase_spans
+        named_entity = self.config.scheme is Scheme.NAMED_ENTITY
+        per_block = entity_spans if named_entity else noun_phrase_spans
         if per_block is None:
             return None
         if len(per_block) != n_blocks:
@@ -210,7 +211,7 @@ class Masker:
             if spans is None or len(spans) == 0:
                 continue
             spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-            if self.config.scheme == "named_entity":
+            if named_entity:
                 labels = None if entity_labels is None else entity_labels[b]
                 if labels is None or len(labels) != len(spans):
                     raise ValueError(f"block {b}: {len(spans)} entity spans need as many entity_labels")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from contract.tokenizer import Vocabulary
-from masking import KEEP, MASK, RANDOM, SCHEMES, MaskedBatch, Masker, MaskingConfig, SampledLengths
+from masking import KEEP, MASK, RANDOM, SCHEMES, MaskedBatch, Masker, MaskingConfig, SampledLengths, Scheme
 from masking.corpus import RejectedText, TextBlock
 from masking.sampler import GIVEN_SPAN_ID, span_length_pmf
 
@@ -210,7 +210,7 @@ def measure(masker: Masker, blocks: Sequence[TextBlock], n_blocks: int, epoch: i
         "paper_p": {str(i + 1): float(p) for i, p in enumerate(pmf)},
         "paper_mean": float((np.arange(1, len(pmf) + 1) * pmf).sum()),
     }
-    if cfg.scheme == "geometric":
+    if cfg.scheme is Scheme.GEOMETRIC:
         sampled, realised = rec.all_sampled(), rec.all_realised()
         report["sampled_span_length_hist"] = _hist(sampled)
         report["mean_sampled_span_words"] = _mean(sampled)

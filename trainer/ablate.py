@@ -45,9 +45,9 @@ from trainer.report import plot_loss_curves
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SQUAD2 = REPO.parent / "shared" / "data" / "squad" / "dev-v2.0.json"
 
-PAIR_NSP = ("data.mode=pair", "model.use_nsp=true", "model.use_sbo=false")
-SINGLE = ("data.mode=single", "model.use_nsp=false", "model.use_sbo=false")
-SINGLE_SBO = ("data.mode=single", "model.use_nsp=false", "model.use_sbo=true")
+PAIR_NSP = ("model.objective=mlm+nsp",)
+SINGLE = ("model.objective=mlm",)
+SINGLE_SBO = ("model.objective=mlm+sbo",)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ A trainer config may not set them under `data.masking`; the run's effective Mask
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import types
 import typing
@@ -28,8 +29,30 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # MaskingConfig fields a trainer config takes from another section (their one home), never from data.masking.
 SHARED_MASKING_FIELDS = {"seed": "train.seed", "max_sbo_targets": "model.max_sbo_targets"}
-# The fields `data.masking` does hold; before the nesting they sat flat in `data` (see migrate_stored).
+# The fields `data.masking` does hold; before the nesting they sat flat in `data` (refused there: _build).
 MASKING_FIELDS = tuple(f.name for f in dataclasses.fields(MaskingConfig) if f.name not in SHARED_MASKING_FIELDS)
+
+
+class Objective(enum.StrEnum):
+    """What a run pre-trains on (the paper's Table 7 rows): the heads the model has and the sequences it
+    reads. A str: JSON and `--set model.objective=mlm+nsp` spell it by its value."""
+
+    MLM = "mlm"  # one segment, masked LM only (1seq)
+    MLM_SBO = "mlm+sbo"  # one segment, MLM + span boundary objective (§3.2): SpanBERT
+    MLM_NSP = "mlm+nsp"  # two segments [CLS] A [SEP] B [SEP], MLM + next-sentence prediction: the BERT baselines
+
+    @property
+    def sbo(self) -> bool:
+        return self is Objective.MLM_SBO
+
+    @property
+    def nsp(self) -> bool:
+        """NSP, and with it two segments per sequence (pair mode)."""
+        return self is Objective.MLM_NSP
+
+
+# The three knobs model.objective replaced: refused with the one line saying what to write (see _old_objective).
+OLD_OBJECTIVE_KNOBS = {"data": ("mode",), "model": ("use_sbo", "use_nsp")}
 
 
 @dataclass
@@ -47,8 +70,9 @@ class ModelConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02
-    use_sbo: bool = True  # span boundary objective (§3.2)
-    use_nsp: bool = False  # next-sentence prediction: only for the bi-sequence BERT baselines
+    # The heads (an SBO head, or a pooler + NSP head) and so the sequences the data stream builds: a model
+    # setting because it shapes the parameters (checkpoint, export) and is checked on resume with them.
+    objective: Objective = Objective.MLM_SBO
     sbo_position_dim: int = 200  # relative position embedding width (§3.2)
     max_sbo_targets: int = 15  # rows of the relative position table (reference: 15 x 200)
     # "auto": unpadded (varlen) flash attention on CUDA, padded SDPA elsewhere; or "padded" / "varlen".
@@ -56,6 +80,7 @@ class ModelConfig:
     pad_vocab_to: int = 64  # the decoder GEMM is this wide a multiple (padded columns are -inf, never predicted)
 
     def __post_init__(self) -> None:
+        self.objective = _enum(Objective, self.objective, "model.objective")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"model.hidden_size {self.hidden_size} must be divisible by model.num_heads {self.num_heads}")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
@@ -77,7 +102,6 @@ class ModelConfig:
 class DataConfig:
     """Shard reading, masking (the masking package's own MaskingConfig, nested) and batching."""
 
-    mode: str = "single"  # "single": one segment, no NSP (SpanBERT); "pair": A [SEP] B + NSP (BERT baselines)
     # Scheme and its parameters; seed and max_sbo_targets stay at their defaults here (SHARED_MASKING_FIELDS).
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     batch_size: int = 32  # sequences per micro-batch per rank (ignored when batch_tokens or step_tokens > 0)
@@ -92,8 +116,6 @@ class DataConfig:
     holdout_fraction: float = 0.0  # share of *documents* never trained on (split by a hash of doc_id; for evaluation)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("single", "pair"):
-            raise ValueError(f"data.mode must be 'single' or 'pair', got {self.mode!r}")
         for name, home in SHARED_MASKING_FIELDS.items():  # a value here would be silently overridden: refuse it
             if getattr(self.masking, name) != getattr(_DEFAULT_MASKING, name):
                 raise ValueError(f"data.masking.{name}={getattr(self.masking, name)!r}: set {home} instead "
@@ -178,23 +200,15 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def __post_init__(self) -> None:
-        if self.data.mode == "pair" and not self.model.use_nsp:
-            raise ValueError("data.mode='pair' is the BERT baseline: set model.use_nsp=true")
-        if self.data.mode == "single" and self.model.use_nsp:
-            raise ValueError("model.use_nsp needs data.mode='pair' (two segments)")
-        if self.data.mode == "pair" and self.model.use_sbo:
-            # Spans may straddle the A/B junction; the paper never combines SBO with two segments.
-            raise ValueError("model.use_sbo needs data.mode='single'; set model.use_sbo=false for the pair baseline")
-
     @property
     def masking(self) -> MaskingConfig:
         """The run's effective masking: data.masking with train.seed and model.max_sbo_targets."""
         return self.data.masking_for(seed=self.train.seed, max_sbo_targets=self.model.max_sbo_targets)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; from_dict(to_dict()) == self. The shared masking fields are left out (their homes hold them)."""
-        raw = dataclasses.asdict(self)
+        """JSON-ready, and plain values only (checkpoints load with weights_only: an enum is its str value);
+        from_dict(to_dict()) == self. The shared masking fields are left out (their homes hold them)."""
+        raw = dataclasses.asdict(self, dict_factory=lambda kv: {k: v.value if isinstance(v, enum.Enum) else v for k, v in kv})
         for name in SHARED_MASKING_FIELDS:
             del raw["data"]["masking"][name]
         return raw
@@ -212,6 +226,8 @@ def _build(klass: type, raw: Any, path: str) -> Any:
         raise ValueError(f"{path or 'config'}: expected a JSON object, got {raw!r}")
     hints = typing.get_type_hints(klass)
     known = {f.name for f in dataclasses.fields(klass)}
+    if klass is Config and (old := _old_objective(raw)):
+        raise ValueError(old)
     if klass is DataConfig and (moved := [k for k in raw if k in MASKING_FIELDS]):  # the spelling before data.masking
         more = f"; the same for {', '.join(moved[1:])}" if moved[1:] else ""
         raise ValueError(f"data.{moved[0]}: the masking settings moved to data.masking; write data.masking.{moved[0]} "
@@ -233,10 +249,39 @@ def _build(klass: type, raw: Any, path: str) -> Any:
         raise
 
 
+def _enum(klass: type[enum.Enum], value: Any, path: str) -> Any:
+    """`value` (a member or its name as JSON spells it) as a member of `klass`, or a ValueError listing them."""
+    try:
+        return klass(value)
+    except ValueError:
+        raise ValueError(f"{path}={value!r}: choose one of {tuple(m.value for m in klass)}") from None
+
+
+def _old_objective(raw: dict[str, Any]) -> str | None:
+    """The one-line refusal of a config (a file, --set, or a stored run) still spelling the objective with
+    data.mode / model.use_sbo / model.use_nsp; it names the model.objective value those knobs meant."""
+    sections = {name: raw.get(name) if isinstance(raw.get(name), dict) else {} for name in OLD_OBJECTIVE_KNOBS}
+    found = [f"{s}.{k}" for s, keys in OLD_OBJECTIVE_KNOBS.items() for k in keys if k in sections[s]]
+    if not found:
+        return None
+    # the old defaults: one segment, SBO, no NSP
+    mode = sections["data"].get("mode", "single")
+    sbo, nsp = sections["model"].get("use_sbo", True), sections["model"].get("use_nsp", False)
+    meant = {("single", True, False): "mlm+sbo", ("single", False, False): "mlm", ("pair", False, True): "mlm+nsp"}
+    if (value := meant.get((mode, sbo, nsp))) is not None:
+        write = f'"model": {{"objective": "{value}"}} (--set model.objective={value})'
+    else:
+        write = (f'"model": {{"objective": ...}}, one of mlm | mlm+sbo | mlm+nsp (data.mode={mode!r} with '
+                 f"model.use_sbo={json.dumps(sbo)}, model.use_nsp={json.dumps(nsp)} was never a legal combination)")
+    return f"{', '.join(found)}: replaced by the one setting model.objective; drop {'them' if found[1:] else 'it'} and write {write}"
+
+
 def _value(hint: Any, value: Any, path: str) -> Any:
     """`value` checked against the field's type (JSON gives lists for tuples); nested dataclasses built."""
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _enum(hint, value, path)
     if not _matches(hint, value):
         raise ValueError(f"{path}={value!r}: expected {hint.__name__ if isinstance(hint, type) else hint}")
     return tuple(value) if typing.get_origin(hint) is tuple else value
@@ -258,22 +303,10 @@ def _matches(hint: Any, value: Any) -> bool:
     return isinstance(value, hint)
 
 
-def migrate_stored(raw: dict[str, Any]) -> dict[str, Any]:
-    """A config a run *stored* (checkpoint state["config"], RUN_DIR/config.json), in today's spelling.
-
-    Runs before data.masking existed stored the masking fields flat in `data`; they move under
-    data.masking. Only for stored configs: user input in the old spelling is an error (from_dict)."""
-    data = raw.get("data", {})
-    flat = {k: v for k, v in data.items() if k in MASKING_FIELDS}
-    if not flat:
-        return raw
-    rest = {k: v for k, v in data.items() if k not in flat}
-    return {**raw, "data": {**rest, "masking": {**data.get("masking", {}), **flat}}}
-
-
 def stored_config(raw: dict[str, Any]) -> Config:
-    """The Config of a stored run (see migrate_stored)."""
-    return Config.from_dict(migrate_stored(raw))
+    """The Config of a stored run (checkpoint state["config"], RUN_DIR/config.json), checked like user input:
+    a run stored with data.mode / model.use_sbo / model.use_nsp is refused with the line naming model.objective."""
+    return Config.from_dict(raw)
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:

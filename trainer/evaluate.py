@@ -23,7 +23,7 @@ import torch
 from contract.cli import run_main
 from masking.config import SCHEMES
 from trainer import checkpoint
-from trainer.config import stored_config
+from trainer.config import Objective, stored_config
 from trainer.data import BlockStream
 from trainer.metrics import ObjectiveSums
 from trainer.model import SpanBert
@@ -54,17 +54,17 @@ def evaluate_checkpoint(
     """Held-out (or all-row) metrics of a checkpoint. `scheme` / `single_sequence` re-mask with another
     scheme in one sequence, so differently trained rows can be scored on the same task."""
     path, state = checkpoint.load_run_or_file(checkpoint_path)
-    cfg = stored_config(state["config"])  # a run from before data.masking stored its fields flat
+    cfg = stored_config(state["config"])
     data_cfg = replace(cfg.data, vocab_sha256=state["vocab_sha256"])
     if scheme is not None:
         data_cfg = replace(data_cfg, masking=replace(data_cfg.masking, scheme=scheme))
-    if single_sequence:
-        data_cfg = replace(data_cfg, mode="single")
+    # --single-sequence scores an NSP model's MLM head on single blocks (its NSP head then scores nothing)
+    objective = Objective.MLM if single_sequence and cfg.model.objective.nsp else cfg.model.objective
     if holdout_fraction is not None:
         data_cfg = replace(data_cfg, holdout_fraction=holdout_fraction)
     stream = BlockStream(
         data, data_cfg, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets, seed=seed,
-        sbo=cfg.model.use_sbo,
+        objective=objective,
     )
     rows = stream.heldout_rows if split == "heldout" else np.arange(len(stream.shards))
     if len(rows) == 0:
@@ -79,7 +79,7 @@ def evaluate_checkpoint(
     model.load_state_dict(state["model"])
     return {
         "checkpoint": str(path), "step": int(state["step"]), "split": split, "blocks": int(len(rows)),
-        "scheme": data_cfg.masking.scheme, "mode": data_cfg.mode, "mask_seed": seed,
+        "scheme": str(data_cfg.masking.scheme), "objective": str(objective), "mask_seed": seed,
         **evaluate(model.to(device), stream, rows, batch_size, device),
     }
 

@@ -59,7 +59,7 @@ _ARCH_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "interme
 # -- config ----------------------------------------------------------------------------------------
 def hf_config_dict(cfg: ModelConfig, pad_token_id: int = 0) -> dict:
     """The BertConfig (config.json) describing our encoder + MLM head."""
-    out = {"model_type": "bert", "architectures": ["BertForPreTraining" if cfg.use_nsp else "BertForMaskedLM"]}
+    out = {"model_type": "bert", "architectures": ["BertForPreTraining" if cfg.objective.nsp else "BertForMaskedLM"]}
     out.update({hf: getattr(cfg, ours) for ours, hf in _CONFIG_MAP.items()})
     out.update(
         hidden_act="gelu",  # exact erf GeLU, as trainer/model.py
@@ -90,7 +90,7 @@ def read_hf_config(hf_dir: str | Path) -> dict:
 def model_config_from_hf(hf_dir: str | Path, **overrides) -> ModelConfig:
     """A ModelConfig with the HF directory's shape; SBO settings from its sbo_head.json when present.
 
-    `overrides` set any other field (e.g. use_sbo=False). Defaults: use_sbo=True, use_nsp=False, as a
+    `overrides` set any other field (e.g. objective=Objective.MLM). Default: objective mlm+sbo, as a
     SpanBERT run; a BERT checkpoint's NSP head is then simply not imported.
     """
     raw = read_hf_config(hf_dir)
@@ -135,7 +135,7 @@ def check_config(hf_dir: str | Path, cfg: ModelConfig) -> None:
     """
     theirs = model_config_from_hf(hf_dir)
     fields = _ARCH_FIELDS
-    if cfg.use_sbo and _read_sbo_config(hf_dir) is not None:  # the SBO head comes along: its shape must fit too
+    if cfg.objective.sbo and _read_sbo_config(hf_dir) is not None:  # the SBO head comes along: its shape must fit too
         fields += ("sbo_position_dim", "max_sbo_targets")
     bad = [f"{name}: HF {getattr(theirs, name)} vs run {getattr(cfg, name)}"
            for name in fields if getattr(theirs, name) != getattr(cfg, name)]

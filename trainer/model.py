@@ -175,7 +175,7 @@ class Bert(nn.Module):
         super().__init__()
         self.embeddings = Embeddings(cfg)
         self.encoder = Encoder(cfg)
-        self.pooler = Pooler(cfg) if cfg.use_nsp else None
+        self.pooler = Pooler(cfg) if cfg.objective.nsp else None
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None = None,
                 packing: Packing | None = None) -> Tensor:
@@ -235,8 +235,8 @@ class PreTrainingHeads(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.predictions = MLMHead(cfg)
-        self.sbo = SBOHead(cfg) if cfg.use_sbo else None
-        self.seq_relationship = nn.Linear(cfg.hidden_size, 2) if cfg.use_nsp else None
+        self.sbo = SBOHead(cfg) if cfg.objective.sbo else None
+        self.seq_relationship = nn.Linear(cfg.hidden_size, 2) if cfg.objective.nsp else None
 
 
 class SpanBert(nn.Module):
@@ -350,6 +350,6 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, mask_ratio: float) -> float:
     h, i, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
     layer = 4 * h * h + 2 * h * i
     head = h * h + h * cfg.vocab_size
-    if cfg.use_sbo:
+    if cfg.objective.sbo:
         head += (2 * h + cfg.sbo_position_dim) * h + h * h + h * cfg.vocab_size
     return 6 * n_layers * layer + 12 * n_layers * h * seq_len + 6 * head * mask_ratio

@@ -32,8 +32,8 @@ def shards(shard_dir) -> Path:
 def pair_run(shards, tmp_path_factory) -> Path:
     """A 2seq + NSP baseline (the hardest case for evaluation: segments, token types, NSP head)."""
     cfg = tiny_config(
-        data={"mode": "pair", "masking": {"scheme": "subword"}, "holdout_fraction": HOLDOUT},
-        model={"use_nsp": True, "use_sbo": False}, train={"max_steps": 4},
+        data={"masking": {"scheme": "subword"}, "holdout_fraction": HOLDOUT},
+        model={"objective": "mlm+nsp"}, train={"max_steps": 4},
     )
     run = tmp_path_factory.mktemp("pair") / "run"
     r = cli(["--config", "tiny", "--data", str(shards), "--out", str(run), *set_args(cfg)])
@@ -64,7 +64,7 @@ def test_evaluate_is_fixed_and_scores_other_schemes(pair_run, shards):
     assert math.isfinite(a["mlm_loss"]) and 0 <= a["mlm_acc"] <= 1
     # The common yardstick of the ablation: geometric spans in one sequence, no NSP labels.
     geo = evaluate_checkpoint(pair_run, shards, scheme="geometric", single_sequence=True)
-    assert geo["mode"] == "single" and "nsp_loss" not in geo and geo["mlm_loss"] != a["mlm_loss"]
+    assert geo["objective"] == "mlm" and "nsp_loss" not in geo and geo["mlm_loss"] != a["mlm_loss"]
     other_seed = evaluate_checkpoint(pair_run, shards, seed=7)
     assert other_seed["mlm_targets"] != a["mlm_targets"] or other_seed["mlm_loss"] != a["mlm_loss"]
 
@@ -143,8 +143,8 @@ def test_demo_end_to_end_without_shared_data(tmp_path):
 
 def test_single_sequence_without_sbo_has_no_sbo_targets_or_metrics(shards, tmp_path):
     # Table 7's "1seq" row: MLM only. Neither its batches nor its logs may carry an SBO objective.
-    cfg = tiny_config(model={"use_sbo": False}, train={"max_steps": 2})
-    stream = BlockStream(shards, cfg.data, max_len=64, max_sbo_targets=15, seed=0, sbo=cfg.model.use_sbo)
+    cfg = tiny_config(model={"objective": "mlm"}, train={"max_steps": 2})
+    stream = BlockStream(shards, cfg.data, max_len=64, max_sbo_targets=15, seed=0, objective=cfg.model.objective)
     assert not any(k.startswith("sbo_") for k in stream.collate(0, np.arange(4)))
     r = cli(["--config", "tiny", "--data", str(shards), "--out", str(tmp_path / "run"), *set_args(cfg)])
     assert r.returncode == 0, r.stderr

@@ -28,7 +28,7 @@ def tiny_cfg(squad_vocab):
 
     n = len(squad_vocab.read_text(encoding="utf-8").splitlines())
     return ModelConfig(vocab_size=n, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                       max_position=256, use_sbo=False, use_nsp=False, dropout=0.0, attention_dropout=0.0)
+                       max_position=256, objective="mlm", dropout=0.0, attention_dropout=0.0)
 
 
 @pytest.fixture(scope="session")

@@ -55,11 +55,11 @@ def test_load_from_hf_dir_run_dir_and_checkpoint_gives_the_same_encoder(tmp_path
                        hf_state["bert.encoder.layer.1.output.dense.weight"])
     # A run directory: a checkpoint with the same weights and the vocabulary beside it.
     torch.manual_seed(0)
-    model = SpanBert(dataclasses.replace(tiny_cfg, use_sbo=True))
+    model = SpanBert(dataclasses.replace(tiny_cfg, objective="mlm+sbo"))
     model.load_state_dict({**model.state_dict(), **{k: v for k, v in hf_state.items() if k in model.state_dict()}})
     run = tmp_path / "run"
     vocab = read_vocabulary(squad_vocab)
-    path = checkpoint.save(run, 7, {"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)},
+    path = checkpoint.save(run, 7, {"model": model.state_dict(), "config": {"model": {**dataclasses.asdict(model.cfg), "objective": str(model.cfg.objective)}},
                                     "vocab_sha256": vocab.sha256}, keep_last=1)
     (run / "vocab.txt").write_text(squad_vocab.read_text())
     for src in (run, path):

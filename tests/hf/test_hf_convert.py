@@ -132,7 +132,7 @@ def test_encoder_only_export_loads_clean_in_bert_model(tmp_path, vocab):
 
 
 def test_nsp_run_exports_bert_for_pretraining(tmp_path, vocab):
-    cfg = tiny_config(use_nsp=True, use_sbo=False)
+    cfg = tiny_config(objective="mlm+nsp")
     model = randomise(SpanBert(cfg), seed=6)
     out_dir = export_model(model.state_dict(), cfg, vocab, tmp_path / "nsp")
 
@@ -227,9 +227,9 @@ def test_tensor_shape_mismatch_and_missing_encoder_tensors_are_refused(hf_dir, v
 
 
 def test_model_config_from_hf_reads_the_shape_and_refuses_other_activations(hf_dir):
-    cfg = model_config_from_hf(hf_dir, use_sbo=False)
+    cfg = model_config_from_hf(hf_dir, objective="mlm")
     assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size, cfg.max_position) == (32, 2, 4, 64, 64)
-    assert not cfg.use_sbo and not cfg.use_nsp
+    assert cfg.objective == "mlm"
     raw = json.loads((hf_dir / "config.json").read_text())
     (hf_dir / "config.json").write_text(json.dumps({**raw, "hidden_act": "gelu_new"}))
     with pytest.raises(ValueError, match="hidden_act 'gelu_new'"):

@@ -26,9 +26,10 @@ from trainer.data import IS_NEXT, NOT_NEXT, Batch, BlockStream, build_loader
 from trainer.model import IGNORE
 
 
-def _stream(shard_dir, rank=0, world=1, start=0, scheme="geometric", **data) -> BlockStream:
+def _stream(shard_dir, rank=0, world=1, start=0, scheme="geometric", objective="mlm+sbo", **data) -> BlockStream:
     cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, "masking": MaskingConfig(scheme=scheme), **data})
-    return BlockStream(shard_dir, cfg, max_len=64, max_sbo_targets=15, seed=7, rank=rank, world=world, start=start)
+    return BlockStream(shard_dir, cfg, max_len=64, max_sbo_targets=15, seed=7, rank=rank, world=world, start=start,
+                       objective=objective)
 
 
 def _take(stream: BlockStream, n: int, workers: int) -> list[dict[str, torch.Tensor]]:
@@ -112,7 +113,7 @@ def test_token_budget_batches_and_bucketing(shard_dir):
 
 @pytest.mark.parametrize("scheme", ["geometric", "named_entity"])
 def test_pair_mode_segments_and_nsp(shard_dir, scheme):
-    stream = _stream(shard_dir, mode="pair", batch_size=8, scheme=scheme)
+    stream = _stream(shard_dir, objective="mlm+nsp", batch_size=8, scheme=scheme)
     labels = []
     for b in _take(stream, 8, workers=0):
         for i, row in enumerate(b["row_ids"].tolist()):
@@ -134,7 +135,7 @@ def test_pair_mode_segments_and_nsp(shard_dir, scheme):
 
 
 def test_pair_mode_keeps_entity_spans_aligned(shard_dir):
-    stream = _stream(shard_dir, mode="pair", scheme="named_entity")
+    stream = _stream(shard_dir, objective="mlm+nsp", scheme="named_entity")
     checked = 0
     for row in range(40):
         part = stream.bare_block(0, row)
@@ -158,7 +159,7 @@ def test_held_out_documents_are_never_trained_on(shard_dir):
     assert not {docs[r] for r in train} & {docs[r] for r in held}  # split by whole documents
     planned = np.concatenate(stream.plan.epoch(0))
     assert sorted(planned.tolist()) == sorted(train.tolist())
-    pair = _stream(shard_dir, holdout_fraction=0.3, mode="pair", scheme="subword", batch_size=16)
+    pair = _stream(shard_dir, holdout_fraction=0.3, objective="mlm+nsp", scheme="subword", batch_size=16)
     assert pair.train_rows.tolist() == train.tolist()  # the split depends on the documents only
 
 
@@ -256,15 +257,15 @@ PINNED = {  # case -> (data config, stream kwargs, (row ids of 3 batches, sha256
         ([[70, 87, 56, 79], [58, 83, 19, 27], [53, 31, 1, 20]],
          '4b5d86c29fb5fe5ae71b400fe38f9390be67faa23da436d7e7786ff343acea41')),
     "single-noun_phrase-holdout-nosbo": (
-        {"masking": {"scheme": "noun_phrase", "sbo_edge_spans": False}, "holdout_fraction": 0.25}, {"sbo": False},
+        {"masking": {"scheme": "noun_phrase", "sbo_edge_spans": False}, "holdout_fraction": 0.25}, {"objective": "mlm"},
         ([[65, 46, 44, 80], [66, 79, 82, 43], [24, 81, 8, 62]],
          '33c8f83bd017ef19d02faae5ac8635ea52d6fd6a9d8aaa7dd481d03576f91148')),
     "pair-named_entity": (
-        {"mode": "pair", "masking": {"scheme": "named_entity"}, "batch_size": 5}, {},
+        {"masking": {"scheme": "named_entity"}, "batch_size": 5}, {"objective": "mlm+nsp"},
         ([[24, 37, 3, 23, 2], [68, 66, 79, 69, 82], [10, 34]],
          '3378b04364c8c3ec4803dc49f2658f7e858d3f3c3be1b6b2e66283ee7a2705e8')),
     "pair-whole_word-steptokens": (
-        {"mode": "pair", "masking": {"scheme": "whole_word"}, "step_tokens": 512, "pad_to_multiple": 16}, {"world": 2, "grad_accum": 2},
+        {"masking": {"scheme": "whole_word"}, "step_tokens": 512, "pad_to_multiple": 16}, {"world": 2, "grad_accum": 2, "objective": "mlm+nsp"},
         ([[30, 64], [48, 14], [13, 88]],
          '73bb7b30bbb5afdb14361a4ee3aac25807582bffd475b8f8e2799c97530c2d8c')),
 }

@@ -28,8 +28,8 @@ from trainer.model import IGNORE, SpanBert
 from trainer.train import global_counts, target_counts, train_step
 
 CPU = torch.device("cpu")
-SINGLE_SBO = {"model": {"use_sbo": True, "use_nsp": False}, "data": {"mode": "single"}}
-PAIR_NSP = {"model": {"use_sbo": False, "use_nsp": True}, "data": {"mode": "pair", "masking": {"scheme": "subword"}}}
+SINGLE_SBO = {"model": {"objective": "mlm+sbo"}, "data": {}}
+PAIR_NSP = {"model": {"objective": "mlm+nsp"}, "data": {"masking": {"scheme": "subword"}}}
 
 
 def _config(objectives: dict, **model) -> Config:
@@ -38,7 +38,7 @@ def _config(objectives: dict, **model) -> Config:
 
 def _stream(shard_dir, cfg: Config, seed: int = EVAL_SEED) -> BlockStream:
     return BlockStream(shard_dir, cfg.data, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets,
-                       seed=seed, sbo=cfg.model.use_sbo)
+                       seed=seed, objective=cfg.model.objective)
 
 
 def _model(cfg: Config, stream: BlockStream) -> SpanBert:
@@ -115,7 +115,7 @@ def test_untrained_model_scores_the_uniform_baseline(shard_dir, objectives):
     torch.manual_seed(0)
     got = evaluate(SpanBert(cfg.model), stream, stream.heldout_rows[:12], batch_size=5, device=CPU)
     assert got["mlm_loss"] == pytest.approx(math.log(28996), abs=2e-3)
-    if cfg.model.use_sbo:
+    if cfg.model.objective.sbo:
         assert got["sbo_loss"] == pytest.approx(math.log(28996), abs=2e-3)
     else:
         assert got["nsp_loss"] == pytest.approx(math.log(2), abs=2e-3)
@@ -200,7 +200,7 @@ def model_ref_loss(model: SpanBert, stream: BlockStream, rows: np.ndarray) -> di
     return out
 
 
-@pytest.mark.parametrize("objectives", [SINGLE_SBO, PAIR_NSP, {"model": {"use_sbo": False}, "data": {"mode": "single"}}],
+@pytest.mark.parametrize("objectives", [SINGLE_SBO, PAIR_NSP, {"model": {"objective": "mlm"}, "data": {}}],
                          ids=["1seq-sbo", "2seq-nsp", "1seq"])
 def test_global_counts_are_the_target_counts(shard_dir, objectives):
     """[N_mlm, N_sbo, N_nsp, flag] over micro-batches: labels that are not IGNORE, pairs; 0 for an absent head."""
@@ -212,7 +212,7 @@ def test_global_counts_are_the_target_counts(shard_dir, objectives):
     assert global_counts(micro, 1, CPU, flag=2.0).pack().tolist() == [*want, 2.0]
     assert global_counts(micro, 1, CPU).pack().tolist() == [*want, 0.0]  # no stop flag unless one is raised
     assert global_counts(micro, 1, CPU).targets.dtype == torch.float64  # exact counts past 2**24 targets
-    assert want[0] > 0 and (want[1] > 0) == cfg.model.use_sbo and want[2] == (5 if cfg.data.mode == "pair" else 0)
+    assert want[0] > 0 and (want[1] > 0) == cfg.model.objective.sbo and want[2] == (5 if cfg.model.objective.nsp else 0)
 
 
 class _Linear(torch.nn.Module):
@@ -254,13 +254,13 @@ def test_checkpoint_of_a_pair_run_is_scored_as_pairs_and_checked_against_the_sha
     state = {"model": model.state_dict(), "config": cfg.to_dict(), "vocab_sha256": stream.vocab.sha256}
     checkpoint.save(tmp_path / "pair", 3, state, keep_last=1)
     got = evaluate_checkpoint(tmp_path / "pair", shard_dir, max_blocks=10)
-    assert got["mode"] == "pair" and got["blocks"] == 10
+    assert got["objective"] == "mlm+nsp" and got["blocks"] == 10
     assert_matches(got, reference(model, stream, stream.heldout_rows[:10]))
     # --single-sequence / --scheme: the same model scored on single sequences with other masks (no NSP).
-    other = BlockStream(shard_dir, replace(cfg.data, mode="single", masking=replace(cfg.data.masking, scheme="whole_word")), max_len=cfg.model.max_position,
-                        max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, sbo=cfg.model.use_sbo)
+    other = BlockStream(shard_dir, replace(cfg.data, masking=replace(cfg.data.masking, scheme="whole_word")), max_len=cfg.model.max_position,
+                        max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, objective="mlm")
     got = evaluate_checkpoint(tmp_path / "pair", shard_dir, scheme="whole_word", single_sequence=True, max_blocks=10)
-    assert got["mode"] == "single" and got["scheme"] == "whole_word"
+    assert got["objective"] == "mlm" and got["scheme"] == "whole_word"
     assert_matches(got, reference(model, other, stream.heldout_rows[:10]))
     # A checkpoint trained on another vocabulary is refused, not scored.
     checkpoint.save(tmp_path / "other", 3, {**state, "vocab_sha256": "0" * 64}, keep_last=1)
@@ -278,7 +278,7 @@ def test_checkpoint_rows_all_or_another_holdout_and_the_empty_holdout_error(shar
     assert got["blocks"] == 5 and got["split"] == "all"
     assert_matches(got, reference(model, stream, np.arange(5)))  # every row, from the first
     half = BlockStream(shard_dir, replace(cfg.data, holdout_fraction=0.5), max_len=cfg.model.max_position,
-                       max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, sbo=True)
+                       max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, objective="mlm+sbo")
     assert len(half.heldout_rows) != len(stream.heldout_rows)
     got = evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.5)
     assert got["blocks"] == len(half.heldout_rows)

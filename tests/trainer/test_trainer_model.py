@@ -33,7 +33,7 @@ def _batch(b=3, s=24, m=5, pad_last=6) -> dict[str, torch.Tensor]:
 
 def test_same_numbers_as_hf_bert_for_pretraining():
     torch.manual_seed(0)
-    ours = SpanBert(_cfg(use_sbo=False, use_nsp=True)).eval()
+    ours = SpanBert(_cfg(objective="mlm+nsp")).eval()
     hf_cfg = BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                         max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                         layer_norm_eps=1e-12, hidden_act="gelu")
@@ -103,7 +103,7 @@ def test_sbo_head_is_the_papers_formula():
 
 def test_padding_does_not_change_a_rows_loss():
     torch.manual_seed(2)
-    model = SpanBert(_cfg(use_sbo=False)).eval()
+    model = SpanBert(_cfg(objective="mlm")).eval()
     batch = _batch(b=3, s=24, m=5, pad_last=6)
     alone = {k: v[-1:, :18] for k, v in batch.items() if k in ("input_ids", "attention_mask")}
     alone.update(mlm_positions=batch["mlm_positions"][-1:], mlm_labels=batch["mlm_labels"][-1:])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ from tests.trainer.conftest import cli, losses, set_args, tiny_config
 from trainer import checkpoint
 from trainer.checkpoint import TrainState
 from trainer.evaluate import evaluate_checkpoint
-from trainer.export import export_checkpoint
 from trainer.train import run
 
 STEPS = 30
@@ -157,31 +155,30 @@ def test_train_state_is_the_format_2_step_position_and_nonfinite_keys(tmp_path):
     assert TrainState.from_checkpoint(state) == ts
 
 
-def _flat_data(config: dict) -> dict:
-    """A config as the trainer stored it before data.masking: the masking fields flat in `data`."""
-    data = dict(config["data"])
-    return {**config, "data": {**{k: v for k, v in data.items() if k != "masking"}, **data["masking"]}}
+def _old_spelling(config: dict) -> dict:
+    """A config as the trainer stored it before data.masking and model.objective: the masking fields flat
+    in `data`, the objective as data.mode + model.use_sbo + model.use_nsp."""
+    data, model = dict(config["data"]), dict(config["model"])
+    objective = model.pop("objective")
+    model.update(use_sbo=objective == "mlm+sbo", use_nsp=objective == "mlm+nsp")
+    flat = {k: v for k, v in data.items() if k != "masking"}
+    return {**config, "model": model, "data": {"mode": "pair" if objective == "mlm+nsp" else "single", **flat, **data["masking"]}}
 
 
-def test_a_run_stored_before_data_masking_resumes_evaluates_and_exports(shard_dir, tmp_path):
-    cfg = tiny_config(data={"masking": {"scheme": "whole_word", "sbo_edge_spans": False}}, train={"max_steps": 4})
-    run(cfg, shard_dir, tmp_path / "new")
-    # The same run as the old code left it at step 2: flat data sections in the checkpoint and config.json.
-    old = Path(shutil.copytree(tmp_path / "new", tmp_path / "old"))
-    for step in (3, 4):
-        for suffix in (".pt", ".json"):
-            (old / "checkpoints" / f"step-{step:08d}{suffix}").unlink(missing_ok=True)
-    step2 = old / "checkpoints" / "step-00000002.pt"
+def test_a_run_stored_in_the_old_spelling_is_refused_with_the_line_to_write(shard_dir, tmp_path):
+    """Stored runs are not converted: evaluate and resume refuse one stored with the old objective knobs,
+    with the one line that names the model.objective value they meant, and leave it untouched."""
+    cfg = tiny_config(data={"masking": {"scheme": "whole_word", "sbo_edge_spans": False}}, train={"max_steps": 2})
+    run(cfg, shard_dir, tmp_path / "old")
+    step2 = tmp_path / "old" / "checkpoints" / "step-00000002.pt"
     state = checkpoint.load(step2)
-    state["config"] = _flat_data(state["config"])
-    assert "scheme" in state["config"]["data"] and "masking" not in state["config"]["data"]
-    checkpoint.save(old, 2, {k: v for k, v in state.items() if k not in ("format_version", "step")}, keep_last=5)
-    (old / "config.json").write_text(json.dumps(_flat_data(json.loads((old / "config.json").read_text()))))
-    # Evaluate and export read the old checkpoint; the masks are the run's (whole words, no edge SBO).
-    want = evaluate_checkpoint(tmp_path / "new" / "checkpoints" / "step-00000002.pt", shard_dir, split="all", max_blocks=8)
-    got = evaluate_checkpoint(step2, shard_dir, split="all", max_blocks=8)
-    assert got == {**want, "checkpoint": str(step2)} and got["scheme"] == "whole_word"
-    assert (export_checkpoint(step2, tmp_path / "hf", data=str(shard_dir)) / "config.json").is_file()
-    # Resume continues it bit for bit.
-    summary = run(cfg, shard_dir, old, resume="auto")
-    assert summary["step"] == 4 and losses(old) == losses(tmp_path / "new")
+    state["config"] = _old_spelling(state["config"])
+    assert "scheme" in state["config"]["data"] and state["config"]["model"]["use_sbo"] is True
+    checkpoint.save(tmp_path / "old", 2, {k: v for k, v in state.items() if k not in ("format_version", "step")}, keep_last=5)
+    before = step2.read_bytes()
+    line = r"^data.mode, model.use_sbo, model.use_nsp: replaced by the one setting model.objective; .*--set model.objective=mlm\+sbo\)$"
+    with pytest.raises(ValueError, match=line):
+        evaluate_checkpoint(step2, shard_dir, split="all", max_blocks=8)
+    with pytest.raises(ValueError, match=line):
+        run(tiny_config(train={"max_steps": 4}), shard_dir, tmp_path / "old", resume="auto")
+    assert step2.read_bytes() == before

@@ -246,10 +246,10 @@ def test_vocabulary_padded_to_64_never_predicted_and_exported_at_28996_rows(shar
 # -- 6. unpadded (varlen) attention = the padded path -------------------------------------------------------
 @pytest.mark.parametrize("mode", ["single", "pair"])
 def test_varlen_path_equals_padded_path(mixed_shards, mode):
-    extra = {"use_sbo": False, "use_nsp": True} if mode == "pair" else {}
-    data = DataConfig(batch_size=8, num_workers=0, mode=mode,
-                      masking=MaskingConfig(scheme="geometric" if mode == "single" else "subword"))
-    stream = BlockStream(mixed_shards, data, max_len=64, max_sbo_targets=15, seed=3, sbo=mode == "single")
+    extra = {"objective": "mlm+nsp"} if mode == "pair" else {}
+    data = DataConfig(batch_size=8, num_workers=0, masking=MaskingConfig(scheme="geometric" if mode == "single" else "subword"))
+    stream = BlockStream(mixed_shards, data, max_len=64, max_sbo_targets=15, seed=3,
+                         objective="mlm+nsp" if mode == "pair" else "mlm+sbo")
     batch = next(b for b in build_loader(stream, 0, pin_memory=False) if "attention_mask" in b)
     batch = to_device(batch, CPU, False)
     real = int(batch["attention_mask"].sum())

@@ -89,7 +89,7 @@ def test_bi_sequence_nsp_baseline_and_token_budget_batches_train(shard_dir, tmp_
         return step(model, micro_batches, *args)
 
     monkeypatch.setattr(train_mod, "train_step", recording)
-    cfg = tiny_config(model={"use_sbo": False, "use_nsp": True}, data={"mode": "pair", "masking": {"scheme": "subword"}, "batch_tokens": 192},
+    cfg = tiny_config(model={"objective": "mlm+nsp"}, data={"masking": {"scheme": "subword"}, "batch_tokens": 192},
                       train={"max_steps": 4, "ckpt_every": 100})
     run(cfg, shard_dir, tmp_path / "run")
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

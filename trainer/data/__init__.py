@@ -11,7 +11,7 @@
 Data flows down this table: each module imports only those above it.
 """
 
-from trainer.data.collate import NUM_SPECIALS, BareBlock, Batch, FullSequence, collate_blocks
+from trainer.data.collate import BareBlock, Batch, FullSequence, collate_blocks, num_specials
 from trainer.data.pairs import IS_NEXT, NOT_NEXT, pair_block
 from trainer.data.plan import BatchPlan
 from trainer.data.shards import ShardSet, Spans, split_rows
@@ -20,7 +20,6 @@ from trainer.data.stream import BlockStream, build_loader, build_masker
 __all__ = [
     "IS_NEXT",
     "NOT_NEXT",
-    "NUM_SPECIALS",
     "BareBlock",
     "Batch",
     "BatchPlan",
@@ -31,6 +30,7 @@ __all__ = [
     "build_loader",
     "build_masker",
     "collate_blocks",
+    "num_specials",
     "pair_block",
     "split_rows",
 ]

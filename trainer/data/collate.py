@@ -12,12 +12,15 @@ import torch
 
 from contract.tokenizer import Vocabulary
 from masking import MaskedBlock, Masker
-from trainer.config import DataConfig
+from trainer.config import DataConfig, Objective
 from trainer.data.plan import round_up
 from trainer.data.shards import Spans
 from trainer.model import IGNORE
 
-NUM_SPECIALS = {"single": 2, "pair": 3}  # [CLS] x [SEP]  /  [CLS] a [SEP] b [SEP]
+
+def num_specials(objective: Objective) -> int:
+    """Special tokens per sequence: [CLS] x [SEP], or [CLS] a [SEP] b [SEP] for the NSP (pair) objective."""
+    return 3 if objective.nsp else 2
 
 
 class Batch(TypedDict, total=False):
@@ -27,12 +30,12 @@ class Batch(TypedDict, total=False):
     input_ids: torch.Tensor  # [B, S] the sequences, [PAD] after each
     mlm_positions: torch.Tensor  # [B, M] sequence positions of the masked pieces
     mlm_labels: torch.Tensor  # [B, M] their original ids
-    sbo_left: torch.Tensor  # [B, M] with the SBO head (single mode): the span's left boundary ([CLS] at the edge)
+    sbo_left: torch.Tensor  # [B, M] objective mlm+sbo: the span's left boundary ([CLS] at the edge)
     sbo_right: torch.Tensor  # [B, M] its right boundary ([SEP] at the edge)
     sbo_rel: torch.Tensor  # [B, M] 1-based position of the target in its span
     sbo_labels: torch.Tensor  # [B, M] the target's original id
-    token_type_ids: torch.Tensor  # [B, S] pair mode: 1 from B's first piece through the last [SEP]
-    nsp_labels: torch.Tensor  # [B] pair mode: IS_NEXT / NOT_NEXT
+    token_type_ids: torch.Tensor  # [B, S] objective mlm+nsp (pairs): 1 from B's first piece through the last [SEP]
+    nsp_labels: torch.Tensor  # [B] objective mlm+nsp: IS_NEXT / NOT_NEXT
     attention_mask: torch.Tensor  # [B, S] bool; absent when no row is padded (SDPA's fastest path)
     token_index: torch.Tensor  # [T] with attention_mask: flat indices of the real tokens in the [B * S] grid
     cu_seqlens: torch.Tensor  # [B + 1] int32, with attention_mask: cumulative real lengths (varlen attention)
@@ -81,9 +84,9 @@ def with_specials(block: BareBlock, mb: MaskedBlock, v: Vocabulary) -> FullSeque
 
 
 def collate_blocks(blocks: list[BareBlock], masker: Masker, vocab: Vocabulary, cfg: DataConfig, max_len: int,
-                   epoch: int, rows: np.ndarray, sbo: bool = True) -> Batch:
+                   epoch: int, rows: np.ndarray, objective: Objective = Objective.MLM_SBO) -> Batch:
     """Bare blocks (rows: their global ids, which key the masks) -> one padded batch, masked in one vectorised
-    masker call. `row_ids` / `epoch` are the stream's to add."""
+    masker call, with the targets of `objective`'s heads. `row_ids` / `epoch` are the stream's to add."""
     spans = [b.spans for b in blocks]
     masked = masker.mask_batch(
         [b.ids for b in blocks], [b.word_start for b in blocks], epoch=epoch, block_indices=rows,
@@ -97,7 +100,7 @@ def collate_blocks(blocks: list[BareBlock], masker: Masker, vocab: Vocabulary, c
     most = max(len(s.mlm_positions) for s in seqs)
     # Fixed slot count per padded length (static shapes per bucket), grown only if a scheme overshoots.
     slots = round_up(max(math.ceil(cfg.masking.mask_ratio * seq_len), most, 1), 8)
-    pair, sbo = cfg.mode == "pair", sbo and cfg.mode == "single"
+    pair, sbo = objective.nsp, objective.sbo
 
     def grid(width: int, fill: int = 0) -> np.ndarray:
         return np.full((b, width), fill, np.int64)

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.data.collate import NUM_SPECIALS, BareBlock
+from masking import Scheme
+from trainer.config import Objective
+from trainer.data.collate import BareBlock, num_specials
 from trainer.data.shards import ShardSet
 
 IS_NEXT, NOT_NEXT = 0, 1  # HF's next_sentence_label convention
 
 
-def pair_block(shards: ShardSet, pool: np.ndarray, row: int, *, scheme: str, seed: int, epoch: int,
+def pair_block(shards: ShardSet, pool: np.ndarray, row: int, *, scheme: Scheme, seed: int, epoch: int,
                max_len: int) -> BareBlock:
     """A + B as one bare block (`a_len`, `nsp` set) for `row`; B never comes from outside `pool` (the
     training rows: a held-out document must not be borrowed)."""
     rng = np.random.default_rng([seed, epoch, row, 0x5E9])
     ids, word_start = shards.ids(row)
-    budget = min(len(ids), max_len - NUM_SPECIALS["pair"])
+    budget = min(len(ids), max_len - num_specials(Objective.MLM_NSP))
     cuts = np.flatnonzero(word_start[1:budget]) + 1
     a = int(rng.choice(cuts)) if len(cuts) else max(1, budget // 2)
     if rng.random() < 0.5 or len(pool) == 1:

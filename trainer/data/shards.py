@@ -11,9 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from contract.schema import Manifest, ShardError, open_checked, read_manifest
-
-# The annotation column each masking scheme reads; the other schemes read none.
-SPAN_COLUMN = {"named_entity": "entity_spans", "noun_phrase": "noun_phrase_spans"}
+from masking import Scheme
 
 
 @dataclass(frozen=True)
@@ -110,9 +108,9 @@ class ShardSet:
         labels = structs.field("label").to_pylist() if column == "entity_spans" else None
         return se.reshape(-1, 2), labels
 
-    def scheme_spans(self, row: int, scheme: str, lo: int, hi: int, shift: int = 0) -> Spans:
+    def scheme_spans(self, row: int, scheme: Scheme, lo: int, hi: int, shift: int = 0) -> Spans:
         """The row's spans that masking `scheme` reads and that lie wholly inside [lo, hi), moved by `shift`."""
-        column = SPAN_COLUMN.get(scheme)
+        column = Scheme(scheme).span_column
         if column is None:
             return Spans()
         spans, labels = self.spans(row, column)

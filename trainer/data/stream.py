@@ -25,19 +25,20 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from contract.tokenizer import Vocabulary
 from masking import Masker
-from trainer.config import DataConfig
-from trainer.data.collate import NUM_SPECIALS, BareBlock, Batch, collate_blocks
+from trainer.config import DataConfig, Objective
+from trainer.data.collate import BareBlock, Batch, collate_blocks, num_specials
 from trainer.data.pairs import pair_block
 from trainer.data.plan import BatchPlan
 from trainer.data.shards import ShardSet, split_rows
 
 
 class BlockStream(IterableDataset):
-    """This rank's share of the global batch stream, starting at global batch `start` (a multiple of world)."""
+    """This rank's share of the global batch stream, starting at global batch `start` (a multiple of world):
+    single blocks, or A + B pairs for objective mlm+nsp, with the targets of `objective`'s heads."""
 
     def __init__(
         self, data_dir: str | Path, cfg: DataConfig, *, max_len: int, max_sbo_targets: int, seed: int,
-        rank: int = 0, world: int = 1, start: int = 0, sbo: bool = True, grad_accum: int = 1,
+        rank: int = 0, world: int = 1, start: int = 0, objective: Objective = Objective.MLM_SBO, grad_accum: int = 1,
     ):
         super().__init__()
         if start % world:
@@ -45,11 +46,11 @@ class BlockStream(IterableDataset):
         self.data_dir, self.cfg, self.seed = Path(data_dir), cfg, seed
         self.rank, self.world, self.start = rank, world, start
         self.max_len, self.max_sbo_targets = max_len, max_sbo_targets
-        self.sbo = sbo and cfg.mode == "single"  # SBO targets only for a model with the SBO head
+        self.objective = Objective(objective)
         self.shards = ShardSet(data_dir, cfg.vocab_sha256)
         self.vocab = self.shards.manifest.vocabulary()
-        specials = NUM_SPECIALS[cfg.mode]
-        if cfg.mode == "single" and int(self.shards.lengths.max()) + specials > max_len:
+        specials = num_specials(self.objective)
+        if not self.objective.nsp and int(self.shards.lengths.max()) + specials > max_len:
             raise ValueError(
                 f"{data_dir}: blocks up to {int(self.shards.lengths.max())} pieces + [CLS]/[SEP] exceed "
                 f"model.max_position {max_len}; re-cut the shards with a smaller block size"
@@ -81,14 +82,14 @@ class BlockStream(IterableDataset):
     # -- one batch -------------------------------------------------------------------------------
     def collate(self, epoch: int, rows: np.ndarray) -> Batch:
         blocks = [self.bare_block(epoch, int(r)) for r in rows]
-        batch = collate_blocks(blocks, self.masker, self.vocab, self.cfg, self.max_len, epoch, rows, sbo=self.sbo)
+        batch = collate_blocks(blocks, self.masker, self.vocab, self.cfg, self.max_len, epoch, rows, self.objective)
         batch["row_ids"] = torch.from_numpy(rows.astype(np.int64))
         batch["epoch"] = torch.full((len(rows),), epoch, dtype=torch.int64)
         return batch
 
     def bare_block(self, epoch: int, row: int) -> BareBlock:
-        """Row `row` as the masker sees it: the block (single mode), or A + B (pair mode: pairs.py)."""
-        if self.cfg.mode == "pair":
+        """Row `row` as the masker sees it: the block, or A + B for the NSP objective (pairs.py)."""
+        if self.objective.nsp:
             return pair_block(self.shards, self.train_rows, row, scheme=self.cfg.masking.scheme, seed=self.seed, epoch=epoch,
                               max_len=self.max_len)
         ids, word_start = self.shards.ids(row)
