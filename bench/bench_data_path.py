@@ -36,11 +36,12 @@ def _status_kb(key: str) -> int:
 def loader_rate(shards: str, batches: int) -> None:
     import torch
 
+    from masking import MaskingConfig
     from trainer.config import DataConfig
     from trainer.data import BlockStream, build_loader
 
     torch.set_num_threads(1)
-    stream = BlockStream(shards, DataConfig(batch_size=32, num_workers=0), max_len=512, max_sbo_targets=15, seed=0)
+    stream = BlockStream(shards, DataConfig(batch_size=32, num_workers=0), MaskingConfig(seed=0), max_len=512)
     it = iter(stream)
     next(it)  # builds the masker
     c, t = time.process_time(), time.perf_counter()

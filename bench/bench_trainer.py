@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from transformers import BertConfig, BertForPreTraining  # noqa: E402
 
+from masking import MaskingConfig  # noqa: E402
 from trainer.config import DataConfig, ModelConfig  # noqa: E402
 from trainer.data import BlockStream  # noqa: E402
 from trainer.model import IGNORE, SpanBert, decay_groups  # noqa: E402
@@ -43,7 +44,7 @@ def make_batch(data: Path | None, seq: int, batch: int) -> dict[str, torch.Tenso
         from tests.trainer.shards import write_shards  # real text in contract-shaped shards
 
         data = write_shards(Path(tempfile.mkdtemp(prefix="bench_trainer_")), num_docs=8, block_size=seq, max_chars=20000)
-    stream = BlockStream(data, DataConfig(batch_size=batch, num_workers=0), max_len=seq, max_sbo_targets=15, seed=0)
+    stream = BlockStream(data, DataConfig(batch_size=batch, num_workers=0), MaskingConfig(seed=0), max_len=seq)
     full = torch.nonzero(torch.from_numpy(stream.shards.lengths) == seq - 2).flatten()[:batch].numpy()
     if len(full) < batch:
         raise SystemExit(f"{data}: fewer than {batch} full {seq - 2}-piece blocks")

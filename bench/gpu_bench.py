@@ -76,7 +76,7 @@ def bench_training(size: str, data: Path, batch_tokens: int, seq: int, compiled:
     mcfg = cfg.model
     mcfg.max_position = seq
     dcfg = dataclasses.replace(cfg.data, step_tokens=0, batch_tokens=batch_tokens, num_workers=args.workers)
-    stream = BlockStream(data, dcfg, max_len=seq, max_sbo_targets=mcfg.max_sbo_targets, seed=0)
+    stream = BlockStream(data, dcfg, dcfg.masking_for(seed=0, max_sbo_targets=mcfg.max_sbo_targets), max_len=seq)
     batches = build_loader(stream, args.workers, pin_memory=device.type == "cuda")
     loader = iter(batches)
 
@@ -133,7 +133,7 @@ def bench_loader(data: Path, size: str, seq: int, batch_tokens: int, workers: in
     """Blocks per second per worker: read + mask + collate through the DataLoader, no model."""
     cfg = load_config(size)
     dcfg = dataclasses.replace(cfg.data, step_tokens=0, batch_tokens=batch_tokens, num_workers=workers)
-    stream = BlockStream(data, dcfg, max_len=seq, max_sbo_targets=cfg.model.max_sbo_targets, seed=0)
+    stream = BlockStream(data, dcfg, dcfg.masking_for(seed=0, max_sbo_targets=cfg.model.max_sbo_targets), max_len=seq)
     it = iter(build_loader(stream, workers, pin_memory=False))
     next(it)  # worker start-up is not throughput
     t, rows = time.perf_counter(), 0

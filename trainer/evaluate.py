@@ -56,16 +56,15 @@ def evaluate_checkpoint(
     path, state = checkpoint.load_run_or_file(checkpoint_path)
     cfg = stored_config(state["config"])
     data_cfg = replace(cfg.data, vocab_sha256=state["vocab_sha256"])
+    # the run's masking, with the evaluation's fixed seed (and --scheme's scheme): the one place it is built
+    masking = cfg.data.masking_for(seed=seed, max_sbo_targets=cfg.model.max_sbo_targets)
     if scheme is not None:
-        data_cfg = replace(data_cfg, masking=replace(data_cfg.masking, scheme=scheme))
+        masking = replace(masking, scheme=scheme)
     # --single-sequence scores an NSP model's MLM head on single blocks (its NSP head then scores nothing)
     objective = Objective.MLM if single_sequence and cfg.model.objective.nsp else cfg.model.objective
     if holdout_fraction is not None:
         data_cfg = replace(data_cfg, holdout_fraction=holdout_fraction)
-    stream = BlockStream(
-        data, data_cfg, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets, seed=seed,
-        objective=objective,
-    )
+    stream = BlockStream(data, data_cfg, masking, max_len=cfg.model.max_position, objective=objective)
     rows = stream.heldout_rows if split == "heldout" else np.arange(len(stream.shards))
     if len(rows) == 0:
         raise ValueError(
@@ -79,7 +78,7 @@ def evaluate_checkpoint(
     model.load_state_dict(state["model"])
     return {
         "checkpoint": str(path), "step": int(state["step"]), "split": split, "blocks": int(len(rows)),
-        "scheme": str(data_cfg.masking.scheme), "objective": str(objective), "mask_seed": seed,
+        "scheme": str(masking.scheme), "objective": str(objective), "mask_seed": seed,
         **evaluate(model.to(device), stream, rows, batch_size, device),
     }
 

@@ -217,8 +217,7 @@ def build_model(cfg: Config, d: Dist) -> tuple[SpanBert, torch.optim.Optimizer]:
 def build_data(cfg: Config, data_dir: Path, d: Dist, position: int) -> tuple[BlockStream, Iterator[dict[str, torch.Tensor]]]:
     """This rank's batch stream from global micro-batch `position` on, and the DataLoader over it."""
     stream = BlockStream(
-        data_dir, cfg.data, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets,
-        seed=cfg.train.seed, rank=d.rank, world=d.world, start=position, objective=cfg.model.objective,
+        data_dir, cfg.data, cfg.masking, max_len=cfg.model.max_position, rank=d.rank, world=d.world, start=position, objective=cfg.model.objective,
         grad_accum=cfg.train.grad_accum,
     )
     if stream.vocab.size != cfg.model.vocab_size:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from finetune.evaluate_squad import evaluate_files
-from tests.trainer.conftest import REPO, cli, set_args, tiny_config
-from trainer.data import BlockStream, ShardSet, split_rows
+from tests.trainer.conftest import REPO, cli, set_args, stream_of, tiny_config
+from trainer.data import ShardSet, split_rows
 from trainer.evaluate import evaluate_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -50,7 +50,7 @@ def test_heldout_split_is_whole_documents_and_never_trained_on(shards):
     held_docs = {rows.doc_id(int(r)) for r in held}
     assert not train_docs & held_docs
     cfg = tiny_config(data={"holdout_fraction": HOLDOUT}).data
-    stream = BlockStream(shards, cfg, max_len=64, max_sbo_targets=15, seed=0)
+    stream = stream_of(shards, cfg, max_len=64, max_sbo_targets=15, seed=0)
     planned = np.concatenate(stream.plan.epoch(0))
     assert sorted(planned.tolist()) == sorted(train.tolist())  # each training row once, no held-out row
 
@@ -144,7 +144,7 @@ def test_demo_end_to_end_without_shared_data(tmp_path):
 def test_single_sequence_without_sbo_has_no_sbo_targets_or_metrics(shards, tmp_path):
     # Table 7's "1seq" row: MLM only. Neither its batches nor its logs may carry an SBO objective.
     cfg = tiny_config(model={"objective": "mlm"}, train={"max_steps": 2})
-    stream = BlockStream(shards, cfg.data, max_len=64, max_sbo_targets=15, seed=0, objective=cfg.model.objective)
+    stream = stream_of(shards, cfg.data, max_len=64, max_sbo_targets=15, seed=0, objective=cfg.model.objective)
     assert not any(k.startswith("sbo_") for k in stream.collate(0, np.arange(4)))
     r = cli(["--config", "tiny", "--data", str(shards), "--out", str(tmp_path / "run"), *set_args(cfg)])
     assert r.returncode == 0, r.stderr

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.config import Config
+from trainer.config import Config, DataConfig
+from trainer.data import BlockStream
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -39,6 +40,12 @@ def tiny_config(**sections) -> Config:
     for name, fields in sections.items():
         raw.setdefault(name, {}).update(fields)
     return Config.from_dict(raw)
+
+
+def stream_of(data_dir: str | Path, data: DataConfig, *, seed: int, max_sbo_targets: int = 15, **kw) -> BlockStream:
+    """A BlockStream over `data` with its masking made effective by `seed` / `max_sbo_targets` (as Config.masking
+    does from train.seed and model.max_sbo_targets)."""
+    return BlockStream(data_dir, data, data.masking_for(seed=seed, max_sbo_targets=max_sbo_targets), **kw)
 
 
 def set_args(cfg: Config) -> list[str]:

@@ -19,6 +19,7 @@ import torch
 from contract.cli import run_main
 from contract.schema import BLOCK_SCHEMA, MANIFEST, ShardError, file_sha256, read_manifest
 from masking import MaskingConfig
+from tests.trainer.conftest import stream_of
 from tests.trainer.shards import write_shards
 from trainer.__main__ import main
 from trainer.config import DataConfig
@@ -28,7 +29,7 @@ from trainer.model import IGNORE
 
 def _stream(shard_dir, rank=0, world=1, start=0, scheme="geometric", objective="mlm+sbo", **data) -> BlockStream:
     cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, "masking": MaskingConfig(scheme=scheme), **data})
-    return BlockStream(shard_dir, cfg, max_len=64, max_sbo_targets=15, seed=7, rank=rank, world=world, start=start,
+    return stream_of(shard_dir, cfg, max_len=64, max_sbo_targets=15, seed=7, rank=rank, world=world, start=start,
                        objective=objective)
 
 
@@ -278,7 +279,7 @@ def test_pinned_batches(pinned_shards, case):
     data, kwargs, want = PINNED[case]
     masking = MaskingConfig(**data.get("masking", {}))
     cfg = DataConfig(**{"batch_size": 4, "num_workers": 0, **data, "masking": masking})
-    stream = BlockStream(pinned_shards, cfg, max_len=64, max_sbo_targets=15, seed=3, **kwargs)
+    stream = stream_of(pinned_shards, cfg, max_len=64, max_sbo_targets=15, seed=3, **kwargs)
     batches = list(itertools.islice(iter(stream), 3))
     got = ([b["row_ids"].tolist() for b in batches], _digest(batches))
     # A deliberate change of the stream (plan, pairing, masking, collation, or the shards' content)

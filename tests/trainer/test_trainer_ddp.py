@@ -16,9 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from tests.trainer.conftest import cli, losses, set_args, tiny_config
+from tests.trainer.conftest import cli, losses, set_args, stream_of, tiny_config
 from trainer.config import DataConfig, ModelConfig
-from trainer.data import BlockStream
 from trainer.model import SpanBert
 from trainer.train import global_counts, train_step
 
@@ -29,7 +28,7 @@ MODEL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size
 def _halves(shard_dir) -> tuple[dict, dict, dict]:
     """A global batch of 2B = 4 blocks of *different* lengths (so the halves have different target
     counts and per-rank normalisation would be wrong), and its two halves."""
-    stream = BlockStream(shard_dir, DataConfig(batch_size=4, num_workers=0), max_len=64, max_sbo_targets=15, seed=3)
+    stream = stream_of(shard_dir, DataConfig(batch_size=4, num_workers=0), max_len=64, max_sbo_targets=15, seed=3)
     lengths = stream.shards.lengths
     short = np.flatnonzero(lengths < 40)[:2]
     longest = np.flatnonzero(lengths == lengths.max())[:2]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from tests.trainer.conftest import tiny_config
+from tests.trainer.conftest import stream_of, tiny_config
 from trainer import ablate, checkpoint
 from trainer.config import Config
 from trainer.data import BlockStream
@@ -37,7 +37,7 @@ def _config(objectives: dict, **model) -> Config:
 
 
 def _stream(shard_dir, cfg: Config, seed: int = EVAL_SEED) -> BlockStream:
-    return BlockStream(shard_dir, cfg.data, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets,
+    return stream_of(shard_dir, cfg.data, max_len=cfg.model.max_position, max_sbo_targets=cfg.model.max_sbo_targets,
                        seed=seed, objective=cfg.model.objective)
 
 
@@ -257,7 +257,7 @@ def test_checkpoint_of_a_pair_run_is_scored_as_pairs_and_checked_against_the_sha
     assert got["objective"] == "mlm+nsp" and got["blocks"] == 10
     assert_matches(got, reference(model, stream, stream.heldout_rows[:10]))
     # --single-sequence / --scheme: the same model scored on single sequences with other masks (no NSP).
-    other = BlockStream(shard_dir, replace(cfg.data, masking=replace(cfg.data.masking, scheme="whole_word")), max_len=cfg.model.max_position,
+    other = stream_of(shard_dir, replace(cfg.data, masking=replace(cfg.data.masking, scheme="whole_word")), max_len=cfg.model.max_position,
                         max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, objective="mlm")
     got = evaluate_checkpoint(tmp_path / "pair", shard_dir, scheme="whole_word", single_sequence=True, max_blocks=10)
     assert got["objective"] == "mlm" and got["scheme"] == "whole_word"
@@ -277,7 +277,7 @@ def test_checkpoint_rows_all_or_another_holdout_and_the_empty_holdout_error(shar
     got = evaluate_checkpoint(tmp_path / "run", shard_dir, split="all", max_blocks=5)
     assert got["blocks"] == 5 and got["split"] == "all"
     assert_matches(got, reference(model, stream, np.arange(5)))  # every row, from the first
-    half = BlockStream(shard_dir, replace(cfg.data, holdout_fraction=0.5), max_len=cfg.model.max_position,
+    half = stream_of(shard_dir, replace(cfg.data, holdout_fraction=0.5), max_len=cfg.model.max_position,
                        max_sbo_targets=cfg.model.max_sbo_targets, seed=EVAL_SEED, objective="mlm+sbo")
     assert len(half.heldout_rows) != len(stream.heldout_rows)
     got = evaluate_checkpoint(tmp_path / "run", shard_dir, holdout_fraction=0.5)

@@ -14,9 +14,10 @@ import pytest
 from contract.schema import read_manifest
 from pipeline.documents import FRAMERS, CleanOptions, Document, clean_document
 from pipeline.io import ROWS_PER_BATCH, source_base
+from tests.trainer.conftest import stream_of
 from tests.trainer.shards import write_shards
 from trainer.config import DataConfig
-from trainer.data import BlockStream, ShardSet
+from trainer.data import ShardSet
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_trainer_reads_every_block_of_real_shards_in_order(long_shards, tokenize
 def test_vocabulary_is_the_manifests_tokenizer_json(shard_dir, vocab_path):
     manifest = read_manifest(shard_dir)
     assert manifest.tokenizer_path.name == "tokenizer.json"  # what the pipeline names, not a vocab.txt
-    stream = BlockStream(shard_dir, DataConfig(batch_size=4, num_workers=0), max_len=64, max_sbo_targets=15, seed=0)
+    stream = stream_of(shard_dir, DataConfig(batch_size=4, num_workers=0), max_len=64, max_sbo_targets=15, seed=0)
     v = stream.vocab
     # bert-base-cased as the GUIDE gives it: 28,996 pieces, [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103.
     assert v.size == len(vocab_path.read_text(encoding="utf-8").splitlines()) == 28_996

@@ -23,7 +23,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from masking import MaskingConfig
-from tests.trainer.conftest import PY, REPO
+from tests.trainer.conftest import PY, REPO, stream_of
 from tests.trainer.shards import write_shards
 from trainer.config import DataConfig, ModelConfig, load_config
 from trainer.data import BlockStream, build_loader
@@ -49,7 +49,7 @@ def mixed_shards(tmp_path_factory):
 
 def _stream(shards, **kw) -> BlockStream:
     extra = {k: kw.pop(k) for k in ("world", "rank", "start", "grad_accum") if k in kw}
-    return BlockStream(shards, DataConfig(num_workers=0, **kw), max_len=64, max_sbo_targets=15, seed=5, **extra)
+    return stream_of(shards, DataConfig(num_workers=0, **kw), max_len=64, max_sbo_targets=15, seed=5, **extra)
 
 
 # -- 1. token-budget steps ---------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_no_recompilation_after_warm_up_over_epochs_of_real_shards(mixed_shards)
 
 
 def test_compiled_losses_equal_eager(shard_dir):
-    stream = BlockStream(shard_dir, DataConfig(step_tokens=512, pad_to_multiple=16, num_workers=0), max_len=64,
+    stream = stream_of(shard_dir, DataConfig(step_tokens=512, pad_to_multiple=16, num_workers=0), max_len=64,
                          max_sbo_targets=15, seed=5)
     batches = [b for b in itertools.islice(build_loader(stream, 0, pin_memory=False), 3)]
     torch._dynamo.reset()
@@ -198,7 +198,7 @@ def _ddp_worker(rank: int, world: int, compiled: bool, data: str, out: str, init
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_no_sync_under_compile_one_bucket_pass_per_step(shard_dir, tmp_path, compiled):
-    stream = BlockStream(shard_dir, DataConfig(batch_size=3, num_workers=0), max_len=64, max_sbo_targets=15, seed=3)
+    stream = stream_of(shard_dir, DataConfig(batch_size=3, num_workers=0), max_len=64, max_sbo_targets=15, seed=3)
     batches = [to_device(b, CPU, False) for b in itertools.islice(build_loader(stream, 0, pin_memory=False), 6)]
     torch.save([batches[0::2], batches[1::2]], tmp_path / "micro.pt")
     mp.start_processes(_ddp_worker, args=(2, compiled, str(tmp_path / "micro.pt"), str(tmp_path / "out.pt"), str(tmp_path / "init")),
@@ -225,7 +225,7 @@ def test_vocabulary_padded_to_64_never_predicted_and_exported_at_28996_rows(shar
     with torch.no_grad():  # every real logit very negative: a padded column at 0 would win every argmax
         model.cls.predictions.bias.fill_(-100.0)
         model.cls.sbo.bias.fill_(-100.0)
-    stream = BlockStream(shard_dir, DataConfig(batch_size=4, num_workers=0), max_len=64, max_sbo_targets=15, seed=3)
+    stream = stream_of(shard_dir, DataConfig(batch_size=4, num_workers=0), max_len=64, max_sbo_targets=15, seed=3)
     batch = next(iter(build_loader(stream, 0, pin_memory=False)))
     batch = to_device(batch, CPU, False)
     with torch.no_grad():
@@ -248,7 +248,7 @@ def test_vocabulary_padded_to_64_never_predicted_and_exported_at_28996_rows(shar
 def test_varlen_path_equals_padded_path(mixed_shards, mode):
     extra = {"objective": "mlm+nsp"} if mode == "pair" else {}
     data = DataConfig(batch_size=8, num_workers=0, masking=MaskingConfig(scheme="geometric" if mode == "single" else "subword"))
-    stream = BlockStream(mixed_shards, data, max_len=64, max_sbo_targets=15, seed=3,
+    stream = stream_of(mixed_shards, data, max_len=64, max_sbo_targets=15, seed=3,
                          objective="mlm+nsp" if mode == "pair" else "mlm+sbo")
     batch = next(b for b in build_loader(stream, 0, pin_memory=False) if "attention_mask" in b)
     batch = to_device(batch, CPU, False)
@@ -288,7 +288,7 @@ def _gpu_batches(n: int, **data) -> list[dict[str, torch.Tensor]]:
     shards = Path(os.environ.get("SPANBERT_GPU_SHARDS", REPO / "build" / "gpu-shards"))
     if not (shards / "manifest.json").is_file():
         pytest.skip(f"{shards}: no shards (make gpu-shards)")
-    stream = BlockStream(shards, DataConfig(num_workers=0, **{"batch_tokens": 8192, "pad_to_multiple": 64, **data}),
+    stream = stream_of(shards, DataConfig(num_workers=0, **{"batch_tokens": 8192, "pad_to_multiple": 64, **data}),
                          max_len=512, max_sbo_targets=15, seed=3)
     batches = [b for b in itertools.islice(build_loader(stream, 0, pin_memory=False), 4 * n) if "attention_mask" in b]
     return [to_device(b, torch.device("cuda"), False) for b in batches[:n]]

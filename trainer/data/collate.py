@@ -99,7 +99,7 @@ def collate_blocks(blocks: list[BareBlock], masker: Masker, vocab: Vocabulary, c
     seq_len = min(round_up(max(len(s.ids) for s in seqs), cfg.pad_to_multiple), max_len)
     most = max(len(s.mlm_positions) for s in seqs)
     # Fixed slot count per padded length (static shapes per bucket), grown only if a scheme overshoots.
-    slots = round_up(max(math.ceil(cfg.masking.mask_ratio * seq_len), most, 1), 8)
+    slots = round_up(max(math.ceil(masker.config.mask_ratio * seq_len), most, 1), 8)
     pair, sbo = objective.nsp, objective.sbo
 
     def grid(width: int, fill: int = 0) -> np.ndarray:

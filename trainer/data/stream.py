@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from contract.tokenizer import Vocabulary
-from masking import Masker
+from masking import Masker, MaskingConfig
 from trainer.config import DataConfig, Objective
 from trainer.data.collate import BareBlock, Batch, collate_blocks, num_specials
 from trainer.data.pairs import pair_block
@@ -34,18 +34,22 @@ from trainer.data.shards import ShardSet, split_rows
 
 class BlockStream(IterableDataset):
     """This rank's share of the global batch stream, starting at global batch `start` (a multiple of world):
-    single blocks, or A + B pairs for objective mlm+nsp, with the targets of `objective`'s heads."""
+    single blocks, or A + B pairs for objective mlm+nsp, with the targets of `objective`'s heads.
+
+    `masking` is the run's effective MaskingConfig, built once by the caller (`Config.masking`; evaluation's
+    with its fixed seed); its seed is the stream's one seed (shuffling, pairing, masks: train.seed).
+    `cfg` gives the batching and the held-out split; its partial `cfg.masking` is never read here."""
 
     def __init__(
-        self, data_dir: str | Path, cfg: DataConfig, *, max_len: int, max_sbo_targets: int, seed: int,
+        self, data_dir: str | Path, cfg: DataConfig, masking: MaskingConfig, *, max_len: int,
         rank: int = 0, world: int = 1, start: int = 0, objective: Objective = Objective.MLM_SBO, grad_accum: int = 1,
     ):
         super().__init__()
         if start % world:
             raise ValueError(f"data position {start} is not a multiple of the world size {world}")
-        self.data_dir, self.cfg, self.seed = Path(data_dir), cfg, seed
+        self.data_dir, self.cfg, self.masking, self.seed = Path(data_dir), cfg, masking, masking.seed
         self.rank, self.world, self.start = rank, world, start
-        self.max_len, self.max_sbo_targets = max_len, max_sbo_targets
+        self.max_len = max_len
         self.objective = Objective(objective)
         self.shards = ShardSet(data_dir, cfg.vocab_sha256)
         self.vocab = self.shards.manifest.vocabulary()
@@ -58,15 +62,13 @@ class BlockStream(IterableDataset):
         seq_lengths = np.minimum(self.shards.lengths + specials, max_len)
         self.train_rows, self.heldout_rows = split_rows(self.shards, cfg.holdout_fraction)
         # world x grad_accum fixes the micro-batch budget of data.step_tokens (not the plan's rank split).
-        self.plan = BatchPlan(seq_lengths, self.train_rows, cfg, seed, cfg.micro_batch_tokens(world, grad_accum))
+        self.plan = BatchPlan(seq_lengths, self.train_rows, cfg, self.seed, cfg.micro_batch_tokens(world, grad_accum))
         self._masker: Masker | None = None  # built lazily in each worker
 
     @property
     def masker(self) -> Masker:
         if self._masker is None:  # built lazily, in the worker that uses it
-            self._masker = build_masker(
-                self.cfg, self.vocab, self.shards.manifest.unigram_counts(), self.max_sbo_targets, self.seed
-            )
+            self._masker = build_masker(self.masking, self.vocab, self.shards.manifest.unigram_counts())
         return self._masker
 
     def __iter__(self) -> Iterator[Batch]:
@@ -90,15 +92,14 @@ class BlockStream(IterableDataset):
     def bare_block(self, epoch: int, row: int) -> BareBlock:
         """Row `row` as the masker sees it: the block, or A + B for the NSP objective (pairs.py)."""
         if self.objective.nsp:
-            return pair_block(self.shards, self.train_rows, row, scheme=self.cfg.masking.scheme, seed=self.seed, epoch=epoch,
+            return pair_block(self.shards, self.train_rows, row, scheme=self.masking.scheme, seed=self.seed, epoch=epoch,
                               max_len=self.max_len)
         ids, word_start = self.shards.ids(row)
-        return BareBlock(ids, word_start, self.shards.scheme_spans(row, self.cfg.masking.scheme, 0, len(ids)))
+        return BareBlock(ids, word_start, self.shards.scheme_spans(row, self.masking.scheme, 0, len(ids)))
 
 
-def build_masker(cfg: DataConfig, vocab: Vocabulary, unigram_counts: np.ndarray | None, max_sbo_targets: int, seed: int):
-    mcfg = cfg.masking_for(seed=seed, max_sbo_targets=max_sbo_targets)
-    return Masker(mcfg, vocab_size=vocab.size, mask_id=vocab.mask, special_ids=vocab.specials, unigram_counts=unigram_counts)
+def build_masker(masking: MaskingConfig, vocab: Vocabulary, unigram_counts: np.ndarray | None) -> Masker:
+    return Masker(masking, vocab_size=vocab.size, mask_id=vocab.mask, special_ids=vocab.specials, unigram_counts=unigram_counts)
 
 
 def build_loader(stream: BlockStream, num_workers: int, pin_memory: bool) -> DataLoader:
