@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.model import IGNORE, OBJECTIVES
+from trainer.data.collate import IGNORE
+from trainer.model import OBJECTIVES
 
 
 def target_counts(batch: dict[str, torch.Tensor]) -> list[float]:

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.config import ModelConfig
+from trainer.data.collate import IGNORE  # the label of an unused slot, defined with the Batch
 
-IGNORE = -100  # label of a padded slot
 OBJECTIVES = ("mlm", "sbo", "nsp")  # the heads; metrics are named <objective>_loss / _acc
 
 

@@ -318,7 +318,7 @@ def test_stats_rejects_what_the_pipeline_rejects(capsys):
 
 @pytest.mark.parametrize("tokenizer_file", ["vocab.txt", "tokenizer.json"])
 def test_stats_cli_reads_spans_from_shards(tmp_path, tokenizer, specials, capsys, tokenizer_file):
-    """--shards: input_ids, word_start and the span columns of the shard contract (GUIDE §3), with the
+    """--shards: input_ids, word_start and the span columns of the shard contract (docs/pipeline.md, "The shard contract"), with the
     tokenizer file the manifest names (the pipeline writes both) checked against its recorded identity."""
     import hashlib
 

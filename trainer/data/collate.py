@@ -15,12 +15,14 @@ from masking import MaskedBlock, Masker
 from trainer.config import DataConfig, Objective
 from trainer.data.plan import round_up
 from trainer.data.shards import Spans
-from trainer.model import IGNORE
 
 
 def num_specials(objective: Objective) -> int:
     """Special tokens per sequence: [CLS] x [SEP], or [CLS] a [SEP] b [SEP] for the NSP (pair) objective."""
     return 3 if objective.nsp else 2
+
+
+IGNORE = -100  # the label of an unused slot (torch's cross_entropy ignore_index default): no target there
 
 
 class Batch(TypedDict, total=False):
