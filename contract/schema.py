@@ -76,6 +76,21 @@ class Manifest:
     def tokenizer_path(self) -> Path:
         return self.directory / self.raw["tokenizer"]["file"]
 
+    @property
+    def lowercase(self) -> bool:
+        """The shards' tokenizer lower-cases (an uncased model): from the normaliser the manifest records."""
+        norm = self.raw["tokenizer"].get("normalizer") or {}
+        return bool(norm.get("lowercase", False))
+
+    def spans_unavailable(self, column: str) -> str | None:
+        """Why the shards hold no spans in `column` (entity_spans / noun_phrase_spans), or None when the
+        pipeline annotated them. A masking scheme that reads the column must refuse such shards at start."""
+        if not self.raw.get("annotated"):
+            return "the shards were written with --no-annotate"
+        kind = {"entity_spans": "entities", "noun_phrase_spans": "noun_phrases"}[column]
+        status = (self.raw.get("spacy") or {}).get(kind, "available")  # older manifests: annotated = available
+        return None if status == "available" else f"{kind} {status} in spaCy model {self.raw['spacy'].get('model')}"
+
     def unigram_counts(self) -> np.ndarray:
         counts = np.load(self.directory / self.raw["unigram_counts"])
         if counts.shape != (self.vocab_size,):

@@ -7,6 +7,7 @@ the special tokens itself.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def bert_normalizer(lowercase: bool = False) -> normalizers.Normalizer:
-    # Cased like bert-base-cased: clean control chars, split CJK, keep accents and case.
-    # strip_accents=None follows `lowercase`, as in BERT's own tokenizers.
+    # Cased like bert-base-cased: clean control chars, split CJK, keep accents and case. `lowercase`:
+    # bert-base-uncased's normaliser (lower-case and strip accents: strip_accents=None follows
+    # `lowercase`, as in BERT's own tokenizers).
     return normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
     )
@@ -71,11 +73,14 @@ def read_vocab(vocab_path: str | Path) -> dict[str, int]:
     return vocab
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The one tokenizer loader: a `tokenizer.json` (any HF tokenizers file) by its suffix, else a BERT vocab.txt."""
+def load_tokenizer(path: str | Path, lowercase: bool = False) -> Tokenizer:
+    """The one tokenizer loader: a `tokenizer.json` (any HF tokenizers file) by its suffix, else a BERT vocab.txt
+    (cased, or uncased with `lowercase`; a tokenizer.json carries its own normaliser)."""
     path = Path(path)
     if path.suffix != ".json":
-        return wordpiece_from_vocab(path)
+        return wordpiece_from_vocab(path, lowercase)
+    if lowercase:
+        raise ValueError(f"{path}: a tokenizer.json carries its own normaliser; lowercase applies to a vocab.txt only")
     tok = Tokenizer.from_file(str(path))
     tok.post_processor = None  # blocks are stored bare; [CLS]/[SEP] are the trainer's job
     tok.no_padding()
@@ -117,6 +122,12 @@ class Vocabulary:
             tokens, tokens_sha256(tokens), bool(getattr(tok.normalizer, "lowercase", False)),
             *(ids[t] for t in SPECIAL_TOKENS), path=None if path is None else Path(path),
         )
+
+
+def normalizer_identity(tok: Tokenizer) -> dict | None:
+    """The normaliser as the tokenizer file serialises it (part of the tokenizer's identity in the manifest:
+    the same pieces cased and uncased give different ids for the same text)."""
+    return json.loads(tok.to_str()).get("normalizer")
 
 
 def read_vocabulary(path: str | Path) -> Vocabulary:

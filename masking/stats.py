@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = MaskingConfig(scheme=args.scheme, seed=args.seed)
     if args.shards:
-        src = _from_shards(args.shards, args.blocks)
+        src = _from_shards(args.shards, args.blocks, cfg)
     else:
         if not args.vocab:
             parser.error("--text needs --vocab")
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unigram_counts=src.unigram,
     )
     report = measure(masker, src.blocks, args.blocks, epoch=args.epoch)
+    report.update(entity_label_counts(src.blocks, cfg))
     report["rejected"] = {str(r.path): r.reason for r in src.rejected}
     report["rejected_files"] = len(src.rejected)
     if args.plot:
@@ -119,10 +121,20 @@ def _from_text(
     return Source(blocks, Vocabulary.of(tok, vocab), unigram, rejected)
 
 
-def _from_shards(directory: Path, n_blocks: int) -> Source:
+def entity_label_counts(blocks: Sequence[TextBlock], cfg: MaskingConfig) -> dict[str, Any]:
+    """Entity spans per label over the distinct blocks, and which of those labels the scheme never samples."""
+    counts = Counter(lab for b in blocks for lab in b.entity_labels)
+    return {"entity_labels": dict(sorted(counts.items())),
+            "excluded_entity_labels": sorted(set(counts) & set(cfg.excluded_entity_labels))}
+
+
+def _from_shards(directory: Path, n_blocks: int, cfg: MaskingConfig) -> Source:
     from contract.schema import open_checked, read_manifest
 
     man = read_manifest(directory)
+    column = {"named_entity": "entity_spans", "noun_phrase": "noun_phrase_spans"}.get(cfg.scheme)
+    if column and (why := man.spans_unavailable(column)):  # not a silent fall-back to random words
+        raise ValueError(f"{directory}: --scheme {cfg.scheme} reads {column}, but {why}; choose another scheme")
     blocks: list[TextBlock] = []
     for index in range(len(man.shard_paths)):
         table = open_checked(man, index)  # checked against the manifest: a bad shard is named, not decoded
@@ -264,6 +276,10 @@ def format_table(r: dict[str, Any]) -> str:
         ]
     if "given_span_fraction" in r:
         lines.append(f"from given spans       {r['given_span_fraction']:.4f}")
+    if r.get("entity_labels"):
+        excluded = set(r.get("excluded_entity_labels", ()))
+        lines.append("entity spans by label   " + "  ".join(
+            f"{lab} {n}{' (excluded)' if lab in excluded else ''}" for lab, n in r["entity_labels"].items()))
     if r.get("rejected_files"):
         lines.append(f"rejected files         {r['rejected_files']}: "
                      + ", ".join(f"{path} ({why})" for path, why in r["rejected"].items()))

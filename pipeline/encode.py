@@ -21,12 +21,38 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from contract.blocks import cut_blocks
 from contract.tokenizer import word_starts
 
+
+def _char_class(codepoints: list[int]) -> str:
+    """A regex character class body of `codepoints` (sorted), as ranges."""
+    out, i = [], 0
+    while i < len(codepoints):
+        j = i
+        while j + 1 < len(codepoints) and codepoints[j + 1] == codepoints[j] + 1:
+            j += 1
+        out.append(re.escape(chr(codepoints[i])) + (f"-{re.escape(chr(codepoints[j]))}" if j > i else ""))
+        i = j + 1
+    return "".join(out)
+
+
+# Every Unicode upper- and titlecase letter (categories Lu, Lt; all lie below U+20000): É, À, Ä, Ω, Я, ...
+_UPPER = _char_class([c for c in range(0x20000) if unicodedata.category(chr(c)) in ("Lu", "Lt")])
+_OPENING = "\"'\u201c\u2018(\\[\u00ab\u201e\u201a\u00bf\u00a1"  # " ' “ ‘ ( [ « „ ‚ ¿ ¡
+_CLOSING = "\"'\u201d\u2019)\\]\u00bb"  # " ' ” ’ ) ] »
+_NO_BREAK = "\u00a0\u202f"  # French typography: (narrow) no-break space before ? ! : ; » and after «
+
 # The cheap sentence rule (used with --no-annotate; spaCy's sentences replace it otherwise):
 # a sentence starts at the beginning of a paragraph (after a blank line) or after ". ", "! ", "? "
-# (closing quotes/brackets allowed) when the next word starts with a capital, digit or opening quote.
+# (closing quotes/brackets allowed, each after an optional no-break space: "?\u00a0»"; » also after a
+# plain space) when the next word starts with an uppercase letter of any script, a digit or an opening
+# quote (« „ ‚ ¿ ¡ too, optionally followed by a no-break space, « also by a plain one: "«\u00a0Oui").
+# A no-break space before the terminator ("Quoi\u202f?") needs nothing: the terminator is matched.
+# Plain spaces around ASCII quotes stay as before, so English text is cut exactly as it always was.
 # The terminator is consumed rather than looked behind for: the same match ends (the regex engine
 # then only tries the second branch at ".!?" instead of at every character; 2-3x faster).
-_RULE = re.compile(r"\n[ \t]*\n\s*|[.!?][\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
+_RULE = re.compile(
+    rf"\n[ \t]*\n\s*|[.!?](?:[ {_NO_BREAK}]?\u00bb|[{_NO_BREAK}]?[{_CLOSING}])*\s+"
+    rf"(?=(?:\u00ab[ {_NO_BREAK}]?|[{_OPENING}][{_NO_BREAK}]?)?[{_UPPER}0-9])"
+)
 
 
 def rule_sentence_starts(text: str) -> list[int]:

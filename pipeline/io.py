@@ -327,7 +327,10 @@ def build_manifest(
         "rejections": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("rejected.")},
         "skipped": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("skipped.")},  # wikidump pages
         "cleaning": {k: stats.get(k, 0) for k in cleaning_keys},
-        "spans": {k: stats.get(k, 0) for k in span_keys},
+        "spans": {k: stats.get(k, 0) for k in span_keys} | {
+            # written entity spans per label (transforms.ENTITY_LABEL); masking.stats reports them too
+            "entity_labels": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("entity_label.")},
+        },
     }
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from contract.annotate import CHUNK_CHARS, EXCLUDE, MODEL
+from contract.annotate import CHUNK_CHARS, MODEL, load_model_spans
 from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE, summarize
-from contract.tokenizer import load_tokenizer, tokens_sha256, vocab_list
+from contract.tokenizer import load_tokenizer, normalizer_identity, tokens_sha256, vocab_list
 from pipeline.documents import FORMATS, CleanOptions
 from pipeline.io import (
     SPLIT_BYTES,
@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input files (repeatable); an optional FORMAT: prefix overrides --format")
     p.add_argument("--format", choices=FORMATS, default="wikiextractor", help="format of unprefixed inputs")
     tok = p.add_mutually_exclusive_group(required=True)
-    tok.add_argument("--vocab", help="BERT vocab.txt (cased WordPiece, no lower-casing)")
+    tok.add_argument("--vocab", help="BERT vocab.txt (cased WordPiece unless --lowercase)")
     tok.add_argument("--tokenizer", help="any HF tokenizers tokenizer.json")
+    p.add_argument("--lowercase", action="store_true",
+                   help="with --vocab: BERT's uncased normaliser (lower-case, strip accents), for an uncased vocab.txt")
     p.add_argument("--output", required=True, help="output directory (local or gs://, s3://, hdfs://)")
     p.add_argument("--block-size", type=int, default=512, help="model sequence length; blocks hold block_size-2 pieces")
     p.add_argument("--num-shards", type=int, default=8)
@@ -83,6 +85,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         parser.error("--num-shards must be >= 1")
     if args.chunk_chars < 1000 or args.batch_docs < 1 or args.split_bytes < 1:
         parser.error("--chunk-chars >= 1000, --batch-docs >= 1, --split-bytes >= 1")
+    if args.lowercase and not args.vocab:
+        parser.error("--lowercase goes with --vocab; a tokenizer.json carries its own normaliser")
     if args.encoding_fallback:
         import codecs
 
@@ -103,20 +107,24 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     matched = match_inputs(inputs)
     ranges = plan_ranges(matched, args.split_bytes)
     input_bytes = sum(m.size_in_bytes for _, metas in matched for m in metas)
-    tok = load_tokenizer(args.vocab or args.tokenizer)
+    tok = load_tokenizer(args.vocab, lowercase=True) if args.lowercase else load_tokenizer(args.vocab or args.tokenizer)
     vocab = vocab_list(tok)
+    # Loaded here, before any worker: a model that is not installed is one line, and the manifest says
+    # which span kinds and labels the model gives.
+    spans = load_model_spans(args.spacy_model) if args.annotate else None
     prepare_output(args.output, args.overwrite)
 
     options = {k: v for k, v in vars(args).items() if k not in ("output", "overwrite")}
     base = {
         "block_size": args.block_size,
         "annotated": args.annotate,
-        "spacy": {"model": args.spacy_model, "excluded": list(EXCLUDE)} if args.annotate else None,
+        "spacy": spans.as_manifest() if spans else None,
         "tokenizer": {
             "file": TOKENIZER_FILE,
             "vocab_file": VOCAB_FILE,
             "vocab_sha256": tokens_sha256(vocab),
             "vocab_size": len(vocab),
+            "normalizer": normalizer_identity(tok),
         },
         "options": options,
     }
@@ -142,6 +150,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             args.chunk_chars,
             args.batch_docs,
             batch_groups=max(1, math.ceil(input_bytes / BATCH_GROUP_BYTES)),
+            spans=spans,
         )
         shard_infos = out["shard_to_blocks"] | "WriteShards" >> WriteShards(args.output, args.num_shards, len(vocab))
         # Applied last: the DaskRunner computes only the graph behind the last transform.

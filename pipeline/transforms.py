@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from contract.annotate import AVAILABLE
 from pipeline.documents import CleanOptions, Document, RawDocument, Rejection, clean_document
 from pipeline.encode import EncodedDoc, encode_segmented, rule_sentence_starts, safe_starts, to_blocks
 from pipeline.wikidump import PageSkip, StreamBreak
@@ -29,6 +31,7 @@ NAMESPACE = "pipeline"
 MAIN = "main"
 STATS = "stats"
 DEAD_LETTER = "dead_letter"
+ENTITY_LABEL = "entity_label."  # stats prefix: written entity spans of one label
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,9 @@ def _process_tokenizer(tokenizer_json: str) -> tuple[Any, Any]:
 class _AnnotateFn(beam.DoFn):
     """spaCy once per worker process, one nlp.pipe per batch of documents."""
 
-    def __init__(self, model: str, chunk_chars: int, batch_size: int) -> None:
+    def __init__(self, model: str, chunk_chars: int, batch_size: int, entities: bool = True, noun_chunks: bool = True) -> None:
         self.model, self.chunk_chars, self.batch_size = model, chunk_chars, batch_size
+        self.entities, self.noun_chunks = entities, noun_chunks  # False: the model lacks them (contract.annotate.ModelSpans)
         self.nlp: Any = None
 
     def setup(self) -> None:
@@ -111,7 +115,8 @@ class _AnnotateFn(beam.DoFn):
     def process(self, batch: list[Document]) -> Iterator[Any]:
         from contract.annotate import annotate
 
-        anns = annotate(self.nlp, [d.text for d in batch], self.chunk_chars, self.batch_size)
+        anns = annotate(self.nlp, [d.text for d in batch], self.chunk_chars, self.batch_size,
+                        entities=self.entities, noun_chunks=self.noun_chunks)
         yield count("entities_found", sum(len(a.entities) for a in anns))
         yield count("noun_chunks_found", sum(len(a.noun_chunks) for a in anns))
         yield [replace(d, annotation=a) for d, a in zip(batch, anns, strict=True)]  # inputs stay unmutated
@@ -165,6 +170,8 @@ class _BuildBlocksFn(beam.DoFn):
         yield count("tokens", len(doc.input_ids))
         yield count("words", int(doc.word_start.sum()))
         yield count("entity_spans", sum(len(s) for s in rows.entity_spans))
+        for label, n in sorted(Counter(span[2] for spans in rows.entity_spans for span in spans).items()):
+            yield count(f"{ENTITY_LABEL}{label}", n)  # per-label counts of the written spans, for the manifest
         yield count("noun_phrase_spans", sum(len(s) for s in rows.noun_phrase_spans))
         for name, n in dropped.items():
             if n:
@@ -233,9 +240,10 @@ class BatchDocuments(beam.PTransform):
 class AnnotateDocuments(beam.PTransform):
     """Batches of Documents -> the same batches with spaCy sentences, entities, noun chunks."""
 
-    def __init__(self, model: str, chunk_chars: int, batch_size: int = 64) -> None:
+    def __init__(self, model: str, chunk_chars: int, batch_size: int = 64, entities: bool = True,
+                 noun_chunks: bool = True) -> None:
         super().__init__()
-        self.fn = _AnnotateFn(model, chunk_chars, batch_size)
+        self.fn = _AnnotateFn(model, chunk_chars, batch_size, entities, noun_chunks)
 
     def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
         return _outputs(batches, self.fn, "Annotate")
@@ -276,19 +284,24 @@ class Preprocess(beam.PTransform):
         chunk_chars: int,
         batch_docs: int,
         batch_groups: int = 1,
+        spans: Any = None,
     ) -> None:
         super().__init__()
         self.clean, self.tokenizer_json = clean, tokenizer_json
         self.block_size, self.num_shards = block_size, num_shards
         self.annotate_model, self.chunk_chars, self.batch_docs = annotate_model, chunk_chars, batch_docs
         self.batch_groups = batch_groups
+        self.spans = spans  # contract.annotate.ModelSpans of annotate_model: which span kinds it gives
 
     def expand(self, raw: beam.PCollection) -> dict[str, beam.PCollection]:
         stages: list[dict[str, beam.PCollection]] = []
         stages.append(raw | "CleanDocuments" >> CleanDocuments(self.clean))
         batches = stages[-1][MAIN] | "BatchDocuments" >> BatchDocuments(self.batch_docs, self.batch_groups)
         if self.annotate_model:
-            stages.append(batches | "AnnotateDocuments" >> AnnotateDocuments(self.annotate_model, self.chunk_chars))
+            ents = self.spans is None or self.spans.entities == AVAILABLE
+            nps = self.spans is None or self.spans.noun_phrases == AVAILABLE
+            stages.append(batches | "AnnotateDocuments" >> AnnotateDocuments(
+                self.annotate_model, self.chunk_chars, entities=ents, noun_chunks=nps))
             batches = stages[-1][MAIN]
         stages.append(batches | "TokenizeDocuments" >> TokenizeDocuments(self.tokenizer_json))
         stages.append(stages[-1][MAIN] | "BuildBlocks" >> BuildBlocks(self.block_size, self.num_shards))

@@ -1,10 +1,12 @@
-"""`python -m pipeline.vocab`: train a cased WordPiece vocabulary (BERT normaliser and pre-tokeniser).
+"""`python -m pipeline.vocab`: train a WordPiece vocabulary (BERT normaliser and pre-tokeniser; cased, or uncased with --lowercase).
 
 Reads the same inputs and cleaning as `python -m pipeline` (documents that the pipeline would
 dead-letter are skipped and counted), and writes `vocab.txt` plus `tokenizer.json` into --output.
 The special tokens come first, in BERT's order: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4). With
 --bert-layout the file mimics bert-base-cased: [PAD], [unused0..98], [UNK]=100, [CLS], [SEP],
-[MASK]=103, so ids of the special tokens match Google's vocabularies.
+[MASK]=103, so ids of the special tokens match Google's vocabularies. With --lowercase the normaliser is
+bert-base-uncased's (lower-case, strip accents): give the pipeline the same flag with --vocab, or its
+--tokenizer the tokenizer.json written here, which records the normaliser.
 
 Deterministic: the same input gives the same bytes in every process (`learn_vocab` is the merge loop of
 `tokenizers`' WordPieceTrainer with a fixed tie-break; the library's own breaks ties in hash order).
@@ -144,12 +146,12 @@ def learn_vocab(
     return pieces
 
 
-def train(texts: Iterable[str], vocab_size: int, min_frequency: int, bert_layout: bool) -> Tokenizer:
+def train(texts: Iterable[str], vocab_size: int, min_frequency: int, bert_layout: bool, lowercase: bool = False) -> Tokenizer:
     """A trained tokenizer, built by the same `contract.tokenizer.bert_wordpiece` that loads a vocab.txt."""
     specials = special_tokens(bert_layout)
-    counts = count_words(texts, bert_wordpiece({"[UNK]": 0}))
+    counts = count_words(texts, bert_wordpiece({"[UNK]": 0}, lowercase))
     pieces = learn_vocab(counts, vocab_size, min_frequency, specials)
-    tok = bert_wordpiece({t: i for i, t in enumerate(pieces)})
+    tok = bert_wordpiece({t: i for i, t in enumerate(pieces)}, lowercase)
     tok.add_special_tokens(specials)  # as the library's trainer does: never split in input text
     return tok
 
@@ -164,11 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=28996, help="bert-base-cased has 28,996")
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--bert-layout", action="store_true", help="[PAD] [unused0..98] [UNK] [CLS] [SEP] [MASK]")
+    p.add_argument("--lowercase", action="store_true",
+                   help="uncased: BERT's uncased normaliser (lower-case and strip accents) before counting")
     p.add_argument("--encoding-fallback", default=None, metavar="CODEC")
     args = p.parse_args(argv)
     stats: Counter[str] = Counter()
     opts = CleanOptions(encoding_fallback=args.encoding_fallback)
-    tok = train(iter_texts(args.input, args.format, opts, stats), args.vocab_size, args.min_frequency, args.bert_layout)
+    tok = train(iter_texts(args.input, args.format, opts, stats), args.vocab_size, args.min_frequency, args.bert_layout,
+                args.lowercase)
     args.output.mkdir(parents=True, exist_ok=True)
     vocab = vocab_list(tok)
     (args.output / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")

@@ -151,6 +151,34 @@ def find_vocab(directory: str | Path) -> Path | None:
     return next((Path(directory) / n for n in _VOCAB_FILES if (Path(directory) / n).is_file()), None)
 
 
+def hf_lowercase(hf_dir: str | Path) -> tuple[bool, str]:
+    """(lower-cases?, where that was read) for a transformers directory: tokenizer_config.json's
+    do_lower_case, else tokenizer.json's normaliser, else the vocabulary itself (an uncased vocabulary
+    holds no uppercase letter outside its [SPECIAL] tokens)."""
+    hf_dir = Path(hf_dir)
+    config, tok_json = hf_dir / "tokenizer_config.json", hf_dir / "tokenizer.json"
+    if config.is_file() and "do_lower_case" in (conf := json.loads(config.read_text(encoding="utf-8"))):
+        return bool(conf["do_lower_case"]), f"{config.name} do_lower_case"
+    if tok_json.is_file():
+        norm = json.loads(tok_json.read_text(encoding="utf-8")).get("normalizer") or {}
+        if "lowercase" in norm:
+            return bool(norm["lowercase"]), f"{tok_json.name}'s normaliser"
+    vocab = find_vocab(hf_dir)
+    tokens = read_vocabulary(vocab).tokens if vocab else ()
+    cased = any(ch.isupper() for t in tokens if not (t.startswith("[") and t.endswith("]")) for ch in t)
+    return not cased, f"{vocab.name if vocab else 'no vocabulary'} (no casing recorded; read from its letters)"
+
+
+def check_case(hf_dir: str | Path, shards_lowercase: bool) -> None:
+    """--init-from: a cased model on uncased shards (or the reverse) is refused, in one line."""
+    lower, source = hf_lowercase(hf_dir)
+    if lower != shards_lowercase:
+        def name(low: bool) -> str:
+            return "uncased" if low else "cased"
+        raise ValueError(f"{hf_dir}: the model is {name(lower)} ({source}), the shards are {name(shards_lowercase)}; "
+                         f"init from a {name(shards_lowercase)} model or re-run the pipeline with the model's tokenizer")
+
+
 def check_vocab(path: Path, expected_sha256: str | None, expected_size: int, what: str) -> Vocabulary:
     """Compare a vocabulary file with `what`'s (size always, sha256 when given)."""
     vocab = read_vocabulary(path)

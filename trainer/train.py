@@ -262,9 +262,11 @@ def restore(cfg: Config, model: SpanBert, optimizer: torch.optim.Optimizer, d: D
     if resume == "never" and checkpoint.ckpt_dir(out_dir).is_dir() and any(checkpoint.ckpt_dir(out_dir).glob("*.pt")):
         raise FileExistsError(f"{out_dir} already has checkpoints: pass --resume auto to continue, or a fresh --out")
     if init_from is not None:  # a fresh run starting from transformers weights (checked against the shards' vocab)
-        from trainer.hf import load_hf_weights
+        from trainer.hf import check_case, load_hf_weights
 
-        report = load_hf_weights(model, init_from, vocab_sha256=read_manifest(data_dir).vocab_sha256)
+        manifest = read_manifest(data_dir)
+        check_case(init_from, manifest.lowercase)  # before the vocabulary: same pieces, other normaliser
+        report = load_hf_weights(model, init_from, vocab_sha256=manifest.vocab_sha256)
         log.info(report.summary())
     return TrainState()
 

@@ -128,6 +128,7 @@ def test_build_blocks_cuts_and_keys_by_shard() -> None:
                                [[(1, 3, "PERSON")], [], []])]), label="Blocks")
         assert_that(_summed(out[STATS], "Blocks"), equal_to([
             ("documents_written", 1), ("blocks", 3), ("tokens", 10), ("words", 10), ("entity_spans", 1),
+            ("entity_label.PERSON", 1),  # the written span's label (the dropped one is not counted)
             ("noun_phrase_spans", 0), ("entity_spans_dropped_at_block_edge", 1),
         ]), label="Stats")
 
