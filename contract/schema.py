@@ -85,7 +85,7 @@ class Manifest:
     def spans_unavailable(self, column: str) -> str | None:
         """Why the shards hold no spans in `column` (entity_spans / noun_phrase_spans), or None when the
         pipeline annotated them. A masking scheme that reads the column must refuse such shards at start."""
-        if not self.raw.get("annotated"):
+        if self.raw.get("annotated") is False:  # (a manifest that does not say is trusted: older, or hand-made)
             return "the shards were written with --no-annotate"
         kind = {"entity_spans": "entities", "noun_phrase_spans": "noun_phrases"}[column]
         status = (self.raw.get("spacy") or {}).get(kind, "available")  # older manifests: annotated = available
