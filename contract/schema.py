@@ -110,6 +110,12 @@ class Manifest:
                 self.tokenizer_path, f"holds {vocab.size} tokens, sha256 {vocab.sha256[:12]}...; the manifest "
                 f"recorded {self.vocab_size}, {self.vocab_sha256[:12]}...", self.directory,
             )
+        if self.raw["tokenizer"].get("normalizer") is not None and vocab.lowercase != self.lowercase:
+            # same pieces, other normaliser: the sha256 of the tokens cannot tell them apart
+            raise ShardError(
+                self.tokenizer_path, f"{'lower-cases' if vocab.lowercase else 'keeps case'}; the manifest recorded "
+                f"a {'lower-casing' if self.lowercase else 'cased'} normaliser", self.directory,
+            )
         return vocab
 
 

@@ -54,6 +54,23 @@ def test_manifest_records_the_normaliser(uncased):
     assert man.vocabulary().lowercase
 
 
+def test_a_swapped_normaliser_is_refused(uncased, tmp_path):
+    """The same pieces with the cased normaliser: the tokens' sha256 matches, the recorded normaliser does not."""
+    import shutil
+
+    from contract.schema import ShardError
+    from contract.tokenizer import load_tokenizer
+
+    _, shards = uncased
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    tok = load_tokenizer(copy / "tokenizer.json")
+    tok.normalizer = load_tokenizer(copy / "vocab.txt").normalizer  # vocab.txt loads cased
+    tok.save(str(copy / "tokenizer.json"))
+    with pytest.raises(ShardError, match="keeps case; the manifest recorded a lower-casing normaliser"):
+        read_manifest(copy).vocabulary()
+
+
 def test_lowercase_goes_with_vocab_only(uncased, tmp_path, capsys):
     from contract.cli import run_main
     from pipeline.run import main
