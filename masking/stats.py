@@ -132,7 +132,7 @@ def _from_shards(directory: Path, n_blocks: int, cfg: MaskingConfig) -> Source:
     from contract.schema import open_checked, read_manifest
 
     man = read_manifest(directory)
-    column = {"named_entity": "entity_spans", "noun_phrase": "noun_phrase_spans"}.get(cfg.scheme)
+    column = cfg.scheme.span_column
     if column and (why := man.spans_unavailable(column)):  # not a silent fall-back to random words
         raise ValueError(f"{directory}: --scheme {cfg.scheme} reads {column}, but {why}; choose another scheme")
     blocks: list[TextBlock] = []

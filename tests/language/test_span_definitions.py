@@ -74,8 +74,7 @@ def test_model_without_noun_chunks_or_ner_writes_empty_columns(blank_shards):
 @pytest.mark.parametrize("scheme, column", [("noun_phrase", "noun_phrase_spans"), ("named_entity", "entity_spans")])
 def test_schemes_needing_unavailable_spans_fail_at_start(blank_shards, scheme, column, capsys):
     from masking.stats import main as stats_main
-    from tests.trainer.conftest import tiny_config
-    from trainer.data.stream import BlockStream
+    from tests.trainer.conftest import stream_of, tiny_config
 
     assert run_main(stats_main, ["--shards", str(blank_shards), "--scheme", scheme]) == 2
     err = capsys.readouterr().err.strip()
@@ -83,7 +82,7 @@ def test_schemes_needing_unavailable_spans_fail_at_start(blank_shards, scheme, c
 
     cfg = tiny_config(model={"vocab_size": read_manifest(blank_shards).vocab_size}, data={"masking": {"scheme": scheme}})
     with pytest.raises(ValueError, match=f"masking scheme {scheme} reads {column}, but .* unavailable"):
-        BlockStream(blank_shards, cfg.data, max_len=64, max_sbo_targets=15, seed=0)
+        stream_of(blank_shards, cfg.data, seed=0, max_len=64)
     assert run_main(stats_main, ["--shards", str(blank_shards), "--scheme", "geometric", "--blocks", "10"]) == 0
 
 

@@ -29,7 +29,7 @@ from trainer.config import DataConfig, Objective
 from trainer.data.collate import BareBlock, Batch, collate_blocks, num_specials
 from trainer.data.pairs import pair_block
 from trainer.data.plan import BatchPlan
-from trainer.data.shards import SPAN_COLUMN, ShardSet, split_rows
+from trainer.data.shards import ShardSet, split_rows
 
 
 class BlockStream(IterableDataset):
@@ -52,9 +52,9 @@ class BlockStream(IterableDataset):
         self.max_len = max_len
         self.objective = Objective(objective)
         self.shards = ShardSet(data_dir, cfg.vocab_sha256)
-        column = SPAN_COLUMN.get(cfg.masking.scheme)
+        column = masking.scheme.span_column
         if column and (why := self.shards.manifest.spans_unavailable(column)):  # never a silent fall-back to random words
-            raise ValueError(f"{data_dir}: masking scheme {cfg.masking.scheme} reads {column}, but {why}; "
+            raise ValueError(f"{data_dir}: masking scheme {masking.scheme} reads {column}, but {why}; "
                              "choose another scheme or re-run the pipeline with a spaCy model that gives them")
         self.vocab = self.shards.manifest.vocabulary()
         specials = num_specials(self.objective)
