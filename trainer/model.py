@@ -11,7 +11,8 @@ label -100), we gather those hidden states and never build a [batch, seq, vocab]
 Padded batches can run *unpadded* (model.attention, "auto" = on CUDA): the real tokens are packed into
 one [tokens, hidden] tensor (the collator sends their flat indices and cumulative lengths), every
 layer works on real tokens only, and attention is the variable-length flash kernel; no padding is
-computed and SDPA never needs a mask.
+computed and SDPA never needs a mask. That kernel is a private torch op: trainer/selfcheck.py checks it
+against padded SDPA before step 1 and, under "auto", falls back to the padded path if it fails.
 """
 
 from __future__ import annotations
@@ -38,14 +39,29 @@ class Packing:
     seq_len: int  # the padded width: an upper bound of every length (flash's max_seqlen)
 
 
-def varlen_attention(q: Tensor, k: Tensor, v: Tensor, p: Packing, dropout_p: float) -> Tensor:
-    """Attention of packed [tokens, heads, head_dim] q/k/v, each sequence attending only to itself."""
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        # The flash kernel's variable-length entry point (what nested-tensor SDPA calls; torch >= 2.2, with
-        # dropout and autograd, unlike torch.nn.attention.varlen, which has no dropout).
-        cu = p.cu_seqlens
-        return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, p.seq_len, p.seq_len, dropout_p, False, False)[0]
-    # Reference (CPU, fp32): back onto the padded grid, masked SDPA, packed again. Same numbers, no speed.
+def flash_op():
+    """torch's private variable-length flash op (what nested-tensor SDPA calls; torch >= 2.2, with dropout and
+    autograd, unlike torch.nn.attention.varlen, which has no dropout), or None where this torch lacks it.
+    Its signature has changed between releases: trainer/selfcheck.py checks it before step 1."""
+    return getattr(torch.ops.aten, "_flash_attention_forward", None)
+
+
+def flash_call(q: Tensor, k: Tensor, v: Tensor, p: Packing, dropout_p: float) -> tuple[tuple, dict]:
+    """The op's (positional, keyword) arguments: the one place they are spelled, so the self-check and the
+    tests bind exactly these to the op's schema (torch 2.11 and 2.13, tests/fixtures/torch-schemas/)."""
+    cu = p.cu_seqlens  # (query, key, value, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal, return_debug_mask)
+    return (q, k, v, cu, cu, p.seq_len, p.seq_len, dropout_p, False, False), {}
+
+
+def flash_varlen_attention(q: Tensor, k: Tensor, v: Tensor, p: Packing, dropout_p: float) -> Tensor:
+    """Packed [tokens, heads, head_dim] q/k/v through the flash kernel (CUDA, fp16/bf16); output 0 of the op."""
+    args, kwargs = flash_call(q, k, v, p, dropout_p)
+    return flash_op()(*args, **kwargs)[0]
+
+
+def padded_attention(q: Tensor, k: Tensor, v: Tensor, p: Packing, dropout_p: float) -> Tensor:
+    """The same attention by the padded route: back onto the [batch, seq] grid, masked SDPA, packed again.
+    The reference the flash kernel is checked against, and the kernel off CUDA / in fp32 (no speed)."""
     b = len(p.cu_seqlens) - 1
 
     def grid(t: Tensor) -> Tensor:
@@ -53,6 +69,13 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, p: Packing, dropout_p: flo
 
     y = F.scaled_dot_product_attention(grid(q), grid(k), grid(v), attn_mask=p.mask, dropout_p=dropout_p)
     return y.transpose(1, 2).reshape(b * p.seq_len, *q.shape[1:]).index_select(0, p.token_index)
+
+
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, p: Packing, dropout_p: float) -> Tensor:
+    """Attention of packed [tokens, heads, head_dim] q/k/v, each sequence attending only to itself."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return flash_varlen_attention(q, k, v, p, dropout_p)
+    return padded_attention(q, k, v, p, dropout_p)
 
 
 class Embeddings(nn.Module):
@@ -260,7 +283,13 @@ class SpanBert(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # Set by the start-up self-check (trainer/selfcheck.py) when model.attention=auto finds the varlen kernel
+    # unusable on this machine: the reason, and from then on the padded path.
+    varlen_off: str = ""
+
     def uses_varlen(self, device: torch.device) -> bool:
+        if self.varlen_off:
+            return False
         return self.cfg.attention == "varlen" or (self.cfg.attention == "auto" and device.type == "cuda")
 
     def decoder(self) -> tuple[Tensor, int]:

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from contract.schema import read_manifest
-from trainer import checkpoint
+from trainer import checkpoint, selfcheck
 from trainer.checkpoint import TrainState
 from trainer.config import Config, TrainConfig, stored_config
 from trainer.data import BlockStream, build_loader
@@ -176,9 +176,10 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     net: nn.Module  # the model as trained: wrapped in DDP and/or compiled
     compiled: bool
-    autocast: contextlib.AbstractContextManager
+    autocast: torch.autocast
     stream: BlockStream
     batches: Iterator[dict[str, torch.Tensor]]
+    paths: selfcheck.RunPaths = field(default_factory=selfcheck.RunPaths)  # set by the start-up self-checks
 
 
 def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_from: str | Path | None) -> dict[str, Any]:
@@ -328,7 +329,10 @@ def loop(t: Trainer, ts: TrainState) -> TrainState:
             lr = peak_lr * lr_factor(ts.step, warmup, total)  # skipped (non-finite) steps still advance the schedule
             for group in t.optimizer.param_groups:
                 group["lr"] = lr
-            sums = train_step(t.net, micro, counts.targets, d.world, t.autocast)
+            if ts.step == first_step:  # with the start-up self-checks (trainer/selfcheck.py)
+                sums = _first_step(t, micro, counts.targets)
+            else:
+                sums = train_step(t.net, micro, counts.targets, d.world, t.autocast)
             norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.optim.clip_grad_norm or math.inf)
             found_inf = _optimizer_step(t.optimizer, norm)  # identical on every rank: gradients are all-reduced
             t.optimizer.zero_grad(set_to_none=True)
@@ -346,6 +350,23 @@ def loop(t: Trainer, ts: TrainState) -> TrainState:
         meter.close()
         stop.close()
     return ts
+
+
+def _first_step(t: Trainer, micro: list[dict[str, torch.Tensor]], counts: torch.Tensor) -> ObjectiveSums:
+    """The run's first step: varlen attention checked on its first batch, compilation (which happens in this
+    step) falling back to eager; each falls back under "auto" and fails when asked for explicitly."""
+    dtype = t.autocast.fast_dtype if t.autocast._enabled else torch.float32
+    t.paths.attention = selfcheck.choose_attention(t.model, micro[0], t.d.device, dtype, t.log.info)
+    if t.compiled:
+        sums, t.net = selfcheck.first_compiled_step(
+            lambda net: train_step(net, micro, counts, t.d.world, t.autocast), t.net, t.net._orig_mod,
+            t.cfg.train.compile, lambda: t.optimizer.zero_grad(set_to_none=True), t.log.info)
+        t.compiled = hasattr(t.net, "_orig_mod")  # False after the fall-back to eager
+    else:
+        sums = train_step(t.net, micro, counts, t.d.world, t.autocast)
+    t.paths.compiled = t.compiled
+    t.log.info(f"paths used: attention {t.paths.attention}, {'compiled' if t.compiled else 'eager'}")
+    return sums
 
 
 def save(t: Trainer, ts: TrainState) -> None:
@@ -439,7 +460,7 @@ class _Meter:
         m, self.window = self.window.reduce(t.d), _Window()
         ts.nonfinite_total, in_a_row, worst = self.nonfinite.read()
         m.update(step=ts.step, epoch=epoch, lr=lr, grad_norm=grad_norm, nonfinite_total=ts.nonfinite_total,
-                 data_position=ts.data_position)
+                 data_position=ts.data_position, **t.paths.metrics())
         if m["skipped"]:
             t.log.info(f"step {ts.step}: {m['skipped']} non-finite step(s) since the last log, updates skipped ({in_a_row} in a row)")
         if self.peak:
