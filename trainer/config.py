@@ -114,6 +114,11 @@ class DataConfig:
     num_workers: int = 2  # DataLoader workers per rank (masking runs there)
     vocab_sha256: str = ""  # expected tokenizer identity; "" = take the shards' (recorded in checkpoints)
     holdout_fraction: float = 0.0  # share of *documents* never trained on (split by a hash of doc_id; for evaluation)
+    # Sequence-length phases (off: the paper trains at 512 throughout). [[0.9, 128]]: the first 90% of the LR
+    # schedule's steps (optim.schedule_steps, else train.max_steps) at sequences of 128 (with [CLS]/[SEP]), cut
+    # from the same blocks at word boundaries (trainer/data/phases.py), then model.max_position. Each pair is
+    # (share of the steps where this phase ends, sequence length); shares and lengths increase.
+    phases: tuple[tuple[float, int], ...] = ()
 
     def __post_init__(self) -> None:
         for name, home in SHARED_MASKING_FIELDS.items():  # a value here would be silently overridden: refuse it
@@ -126,6 +131,11 @@ class DataConfig:
             raise ValueError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.bucket_window < 1 or self.pad_to_multiple < 1 or self.num_workers < 0:
             raise ValueError("data.bucket_window and data.pad_to_multiple must be >= 1, data.num_workers >= 0")
+        self.phases = tuple(tuple(p) for p in self.phases)  # JSON gives lists
+        ends, lengths = [p[0] for p in self.phases], [p[1] for p in self.phases]
+        if any(not 0 < e < 1 for e in ends) or ends != sorted(set(ends)) or lengths != sorted(set(lengths)) or any(n < 3 for n in lengths):
+            raise ValueError(f"data.phases={[list(p) for p in self.phases]}: expected [[share, length], ...] with shares "
+                             "in (0, 1) and lengths >= 3, both increasing, e.g. [[0.9, 128]]")
 
     def masking_for(self, *, seed: int, max_sbo_targets: int) -> MaskingConfig:
         """The masking settings with the two shared fields filled in: the one place they are joined."""
@@ -137,6 +147,14 @@ class DataConfig:
 
 
 _DEFAULT_MASKING = MaskingConfig()
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One sequence-length phase: from optimizer step `start_step` on, sequences of at most `max_len`."""
+
+    start_step: int
+    max_len: int
 
 
 @dataclass
@@ -199,6 +217,22 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.phases and self.model.objective.nsp:
+            raise ValueError("data.phases needs one segment: model.objective mlm or mlm+sbo (mlm+nsp cuts its own A/B segments)")
+        if self.data.phases and self.data.phases[-1][1] >= self.model.max_position:
+            raise ValueError(f"data.phases: every phase length must be < model.max_position {self.model.max_position} "
+                             "(the last phase is model.max_position itself)")
+
+    def phase_schedule(self) -> tuple[Phase, ...]:
+        """data.phases in steps: each phase's first step and length; the last phase is model.max_position.
+        Phase ends are shares of the LR schedule's length, so resuming with a longer train.max_steps but the
+        same optim.schedule_steps keeps the switch where it was."""
+        total = self.optim.schedule_steps or self.train.max_steps
+        starts = [0] + [round(share * total) for share, _ in self.data.phases]
+        lengths = [n for _, n in self.data.phases] + [self.model.max_position]
+        return tuple(Phase(s, n) for s, n in zip(starts, lengths, strict=True))
 
     @property
     def masking(self) -> MaskingConfig:

@@ -219,7 +219,7 @@ def build_data(cfg: Config, data_dir: Path, d: Dist, position: int) -> tuple[Blo
     """This rank's batch stream from global micro-batch `position` on, and the DataLoader over it."""
     stream = BlockStream(
         data_dir, cfg.data, cfg.masking, max_len=cfg.model.max_position, rank=d.rank, world=d.world, start=position, objective=cfg.model.objective,
-        grad_accum=cfg.train.grad_accum,
+        grad_accum=cfg.train.grad_accum, phases=cfg.phase_schedule(),
     )
     if stream.vocab.size != cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size {cfg.model.vocab_size} != the shards' vocabulary size {stream.vocab.size}")

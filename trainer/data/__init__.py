@@ -5,6 +5,7 @@
 | `shards.py` | `ShardSet` (memory-mapped rows, checked against the manifest), `Spans`, `split_rows` (held-out documents) |
 | `plan.py` | `BatchPlan`: each epoch's micro-batches of row ids, a pure function of (seed, epoch); token budgets |
 | `pairs.py` | NSP pairing (A/B cut, IS_NEXT / NOT_NEXT) for the bi-sequence baselines |
+| `phases.py` | sequence-length phases: `SubBlocks`, blocks cut at word boundaries for a short phase (`cut_at_words`) |
 | `collate.py` | `BareBlock` -> masked -> `FullSequence` (with specials) -> `Batch`, the model's input |
 | `stream.py` | `BlockStream` (rank / worker split), `build_loader`, `build_masker` |
 
@@ -13,6 +14,7 @@ Data flows down this table: each module imports only those above it.
 
 from trainer.data.collate import BareBlock, Batch, FullSequence, collate_blocks, num_specials
 from trainer.data.pairs import IS_NEXT, NOT_NEXT, pair_block
+from trainer.data.phases import SubBlocks, cut_at_words
 from trainer.data.plan import BatchPlan
 from trainer.data.shards import ShardSet, Spans, split_rows
 from trainer.data.stream import BlockStream, build_loader, build_masker
@@ -27,9 +29,11 @@ __all__ = [
     "FullSequence",
     "ShardSet",
     "Spans",
+    "SubBlocks",
     "build_loader",
     "build_masker",
     "collate_blocks",
+    "cut_at_words",
     "num_specials",
     "pair_block",
     "split_rows",

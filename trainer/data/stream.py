@@ -11,12 +11,18 @@ the DataLoader hands them back in. So:
   world size or the number of workers, and resuming at it is exact;
 - masks are a pure function of (seed, epoch, global row id) (masking/), so no RNG state lives in the
   workers.
+
+With sequence-length phases (data.phases) the stream is phase 0's batches up to the data position where
+phase 1 starts (its first step x world x grad_accum), then phase 1's, ...; each phase has its own plan (epochs
+counted within the phase) over whole blocks or, for a short phase, their sub-blocks (trainer/data/phases.py).
+The position still fixes everything, so a resume on either side of a switch is exact.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +31,23 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from contract.tokenizer import Vocabulary
 from masking import Masker, MaskingConfig
-from trainer.config import DataConfig, Objective
+from trainer.config import DataConfig, Objective, Phase
 from trainer.data.collate import BareBlock, Batch, collate_blocks, num_specials
 from trainer.data.pairs import pair_block
+from trainer.data.phases import SubBlocks
 from trainer.data.plan import BatchPlan
 from trainer.data.shards import ShardSet, split_rows
+
+
+@dataclass(frozen=True)
+class PhaseData:
+    """One phase of the stream: from global micro-batch `start` on, batches of `plan`, whose row ids are
+    global block rows (`sub_blocks` None) or ids into `sub_blocks`."""
+
+    start: int
+    max_len: int
+    plan: BatchPlan
+    sub_blocks: SubBlocks | None
 
 
 class BlockStream(IterableDataset):
@@ -38,11 +56,13 @@ class BlockStream(IterableDataset):
 
     `masking` is the run's effective MaskingConfig, built once by the caller (`Config.masking`; evaluation's
     with its fixed seed); its seed is the stream's one seed (shuffling, pairing, masks: train.seed).
-    `cfg` gives the batching and the held-out split; its partial `cfg.masking` is never read here."""
+    `cfg` gives the batching and the held-out split; its partial `cfg.masking` is never read here.
+    `phases` (Config.phase_schedule()): sequence-length phases; default one phase of whole blocks at max_len."""
 
     def __init__(
         self, data_dir: str | Path, cfg: DataConfig, masking: MaskingConfig, *, max_len: int,
         rank: int = 0, world: int = 1, start: int = 0, objective: Objective = Objective.MLM_SBO, grad_accum: int = 1,
+        phases: tuple[Phase, ...] = (),
     ):
         super().__init__()
         if start % world:
@@ -66,7 +86,19 @@ class BlockStream(IterableDataset):
         seq_lengths = np.minimum(self.shards.lengths + specials, max_len)
         self.train_rows, self.heldout_rows = split_rows(self.shards, cfg.holdout_fraction)
         # world x grad_accum fixes the micro-batch budget of data.step_tokens (not the plan's rank split).
-        self.plan = BatchPlan(seq_lengths, self.train_rows, cfg, self.seed, cfg.micro_batch_tokens(world, grad_accum))
+        budget = cfg.micro_batch_tokens(world, grad_accum)
+        self.phases: list[PhaseData] = []
+        for p, phase in enumerate(phases or (Phase(0, max_len),)):
+            first = phase.start_step * world * grad_accum
+            if phase.max_len >= max_len:  # whole blocks
+                self.phases.append(PhaseData(first, max_len, BatchPlan(seq_lengths, self.train_rows, cfg, self.seed, budget), None))
+                continue
+            subs = SubBlocks.of(self.shards, self.train_rows, phase.max_len, p)
+            # The same token budget per step: a token budget cuts more rows; a sequence count scales up.
+            short = replace(cfg, batch_size=max(1, cfg.batch_size * max_len // phase.max_len))
+            plan = BatchPlan(subs.lengths + specials, np.arange(len(subs)), short, self.seed, budget)
+            self.phases.append(PhaseData(first, phase.max_len, plan, subs))
+        self.plan = self.phases[-1].plan  # the whole-block plan (evaluation, tests)
         self._masker: Masker | None = None  # built lazily in each worker
 
     @property
@@ -81,15 +113,26 @@ class BlockStream(IterableDataset):
         local = worker
         while True:
             j = self.start + self.rank + self.world * local
-            epoch, rows = self.plan.rows(j)
-            yield self.collate(epoch, rows)
+            phase = self.phase_at(j)
+            epoch, rows = phase.plan.rows(j - phase.start)
+            yield self.collate(epoch, rows, phase)
             local += workers
 
+    def phase_at(self, j: int) -> PhaseData:
+        """The phase global micro-batch j belongs to."""
+        return next(p for p in reversed(self.phases) if p.start <= j)
+
     # -- one batch -------------------------------------------------------------------------------
-    def collate(self, epoch: int, rows: np.ndarray) -> Batch:
-        blocks = [self.bare_block(epoch, int(r)) for r in rows]
-        batch = collate_blocks(blocks, self.masker, self.vocab, self.cfg, self.max_len, epoch, rows, self.objective)
-        batch["row_ids"] = torch.from_numpy(rows.astype(np.int64))
+    def collate(self, epoch: int, rows: np.ndarray, phase: PhaseData | None = None) -> Batch:
+        """Batch of plan rows `rows` (whole blocks by default); `row_ids` holds their mask keys: the global
+        row ids of whole blocks, the sub-block keys of a short phase."""
+        subs = None if phase is None else phase.sub_blocks
+        if subs is None:
+            blocks, keys, max_len = [self.bare_block(epoch, int(r)) for r in rows], rows, self.max_len
+        else:
+            blocks, keys, max_len = [self.sub_block(subs, int(i)) for i in rows], subs.keys(rows), phase.max_len
+        batch = collate_blocks(blocks, self.masker, self.vocab, self.cfg, max_len, epoch, keys, self.objective)
+        batch["row_ids"] = torch.from_numpy(keys.astype(np.int64))
         batch["epoch"] = torch.full((len(rows),), epoch, dtype=torch.int64)
         return batch
 
@@ -100,6 +143,14 @@ class BlockStream(IterableDataset):
                               max_len=self.max_len)
         ids, word_start = self.shards.ids(row)
         return BareBlock(ids, word_start, self.shards.scheme_spans(row, self.masking.scheme, 0, len(ids)))
+
+    def sub_block(self, subs: SubBlocks, i: int) -> BareBlock:
+        """Sub-block i of a short phase: its pieces, a word start at its first piece (trainer/data/phases.py)."""
+        row, lo, hi = int(subs.row[i]), int(subs.lo[i]), int(subs.hi[i])
+        ids, word_start = self.shards.ids(row)
+        word_start = word_start[lo:hi].copy()
+        word_start[0] = True  # already so, unless a word longer than the phase was cut inside
+        return BareBlock(ids[lo:hi], word_start, self.shards.scheme_spans(row, self.masking.scheme, lo, hi, -lo))
 
 
 def build_masker(masking: MaskingConfig, vocab: Vocabulary, unigram_counts: np.ndarray | None) -> Masker:
