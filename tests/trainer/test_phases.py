@@ -28,6 +28,7 @@ def _ws(pattern: str) -> np.ndarray:
     ("W-WW--W", 7, [0, 7]),  # fits: one sub-block
     ("W---------", 4, [0, 4, 8, 10]),  # one long word: cut every 4
     ("WWWW", 1, [0, 1, 2, 3, 4]),
+    ("", 4, [0]),  # nothing to cut
 ])
 def test_cut_at_words_hand_worked(pattern, capacity, cuts):
     assert cut_at_words(_ws(pattern), capacity).tolist() == cuts

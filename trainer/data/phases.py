@@ -29,6 +29,8 @@ def cut_at_words(word_start: np.ndarray, capacity: int) -> np.ndarray:
     each ending where a word ends (greedy: each run as long as it can be); a word longer than `capacity`
     is cut inside."""
     n = len(word_start)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)  # an empty block has no sub-blocks
     starts = np.flatnonzero(word_start)
     cuts, pos = [0], 0
     while n - pos > capacity:
