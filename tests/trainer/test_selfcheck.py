@@ -175,6 +175,7 @@ def _failing_backend(gm, example_inputs):
     raise RuntimeError("inductor: no C++ compiler found")
 
 
+@pytest.mark.slow  # dynamo traces the module before the backend fails: ~3-8 s
 def test_a_failing_compiler_falls_back_to_the_exact_eager_step_or_errors_when_explicit():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
