@@ -32,9 +32,9 @@ part "environment"
   $PY -c "import torch; print(torch.ops.aten._flash_attention_forward.default._schema)"
 } 2>&1 | tee -a "$OUT/summary.txt"
 
-part "GPU tests (pytest -m gpu): varlen flash = padded SDPA, compiled bf16 = eager, on-device non-finite skip"
+part "GPU tests (pytest -m gpu): varlen flash = padded SDPA, compiled bf16 = eager, on-device non-finite skip, the self-check on this torch"
 # --noconftest: the suite's conftest wants ../shared; the gpu tests read $SHARDS only.
-timeout 120 $PY -m pytest tests/trainer/test_trainer_speed.py -m gpu -q -rs -p no:cacheprovider --noconftest \
+timeout 120 $PY -m pytest tests/trainer/test_trainer_speed.py tests/trainer/test_selfcheck.py -m gpu -q -rs -p no:cacheprovider --noconftest \
   2>&1 | tee "$OUT/gpu_tests.txt" | tail -5 | tee -a "$OUT/summary.txt" || status=1
 
 part "the CLI on CUDA: tiny preset, 40 steps, compile auto (on), attention auto (varlen, self-checked), bf16"

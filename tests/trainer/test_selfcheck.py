@@ -229,3 +229,15 @@ def test_the_run_records_the_paths_used_and_falls_back_in_the_loop(shard_dir, tm
     torch._dynamo.reset()
     with pytest.raises(SelfCheckError, match="train.compile=true"):
         run(explicit, shard_dir, tmp_path / "explicit")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh)")
+def test_cuda_flash_kernel_passes_the_self_check_and_a_planted_fault_does_not():
+    """On the GPU machine (bench/gpu_check.sh): this torch's flash op, at BERT-base's head shape in bf16, on
+    ragged sequences up to 512; the same check with the cross-sequence fault must fail."""
+    cuda = torch.device("cuda")
+    p = _packing([100, 512, 37, 300], 512)
+    p = Packing(p.token_index.to(cuda), p.cu_seqlens.to(cuda), p.mask.to(cuda), p.seq_len)
+    assert selfcheck.varlen_problem(p, 12, 64, torch.bfloat16, cuda) == ""
+    assert "output differs" in selfcheck.varlen_problem(p, 12, 64, torch.bfloat16, cuda, candidate=across_sequences)
