@@ -11,10 +11,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tests.trainer.conftest import tiny_config
+from tests.trainer.conftest import stream_of, tiny_config
 from trainer import checkpoint
 from trainer.config import Phase
-from trainer.data import BlockStream, SubBlocks, cut_at_words
+from trainer.data import SubBlocks, cut_at_words
 from trainer.train import lr_factor, run
 
 
@@ -35,7 +35,7 @@ def test_cut_at_words_hand_worked(pattern, capacity, cuts):
 
 
 def test_sub_blocks_of_real_shards_keep_every_piece_and_cut_at_word_starts(shard_dir):
-    stream = BlockStream(shard_dir, tiny_config().data, max_len=64, max_sbo_targets=15, seed=0)
+    stream = stream_of(shard_dir, tiny_config().data, seed=0, max_len=64)
     shards, rows = stream.shards, stream.train_rows
     capacity = 14
     subs = SubBlocks.of(shards, rows, capacity + 2, phase=0)
@@ -64,7 +64,7 @@ def test_sub_blocks_of_real_shards_keep_every_piece_and_cut_at_word_starts(shard
 
 def _phased_stream(shard_dir, start=0, **data):
     cfg = tiny_config(data={"step_tokens": 512, "pad_to_multiple": 8, **data})
-    return BlockStream(shard_dir, cfg.data, max_len=64, max_sbo_targets=15, seed=3, start=start,
+    return stream_of(shard_dir, cfg.data, seed=3, max_len=64, start=start,
                        phases=(Phase(0, 16), Phase(40, 64)))
 
 
@@ -104,7 +104,7 @@ def test_masks_are_keyed_by_the_phase(shard_dir):
     """The same block's pieces masked in the long phase and in a short phase get independent masks: a short
     phase's sub-block covering a whole block is not masked like that block."""
     cfg = tiny_config(data={"batch_size": 4})
-    stream = BlockStream(shard_dir, cfg.data, max_len=64, max_sbo_targets=15, seed=3, phases=(Phase(0, 63), Phase(10, 64)))
+    stream = stream_of(shard_dir, cfg.data, seed=3, max_len=64, phases=(Phase(0, 63), Phase(10, 64)))
     short, long = stream.phases
     whole = np.flatnonzero((short.sub_blocks.lo == 0) & (short.sub_blocks.hi == stream.shards.lengths[short.sub_blocks.row]))[:8]
     a = stream.collate(0, whole, short)
@@ -125,8 +125,8 @@ def test_bad_phases_are_refused_naming_the_field(phases, words):
 
 
 def test_phases_refuse_the_pair_baseline():
-    with pytest.raises(ValueError, match="data.phases needs data.mode='single'"):
-        tiny_config(data={"phases": [[0.5, 32]], "mode": "pair"}, model={"use_nsp": True, "use_sbo": False})
+    with pytest.raises(ValueError, match="data.phases needs one segment"):
+        tiny_config(data={"phases": [[0.5, 32]]}, model={"objective": "mlm+nsp"})
 
 
 STEPS, SWITCH = 8, 4
