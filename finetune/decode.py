@@ -10,6 +10,7 @@ na_prob.json holds that difference (BERT's null_odds), for the official best-thr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +28,15 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class Decoded:
-    predictions: dict[str, str]  # question id -> answer text ("" = no answer)
+    predictions: dict[str, str]  # question id -> answer text ("" = no answer at cfg.null_threshold)
     na_probs: dict[str, float] | None  # v2.0 only: null score - best span score
+    spans: dict[str, str]  # question id -> the best non-null span ("" only when no span is valid)
+
+    def at_threshold(self, threshold: float) -> dict[str, str]:
+        """v2.0 predictions with another null threshold: "" where null - best span > threshold."""
+        if self.na_probs is None:
+            return dict(self.spans)
+        return {k: "" if self.na_probs[k] > threshold else text for k, text in self.spans.items()}
 
 
 def _top(x: np.ndarray, n: int) -> np.ndarray:
@@ -72,14 +80,12 @@ def decode(data: SquadSet, feats: Features, start_logits: list[np.ndarray], end_
         off = feats.offsets[q.context_index]
         a, b = w.doc_start + found[1] - lo, w.doc_start + found[2] - lo
         best[qi] = (found[0], q.context[off[a, 0]:off[b, 1]])
-    predictions: dict[str, str] = {}
+    spans: dict[str, str] = {}
     na_probs: dict[str, float] = {}
     for qi, q in enumerate(data.questions):
         # No valid span anywhere (tiny windows, an untrained model): BERT's "empty" entry, score 0, text "".
-        score, text = best.get(qi, (0.0, ""))
+        score, spans[q.qid] = best.get(qi, (0.0, ""))
         if v2:
-            diff = null[qi] - score
-            na_probs[q.qid] = diff
-            text = "" if diff > cfg.null_threshold else text
-        predictions[q.qid] = text
-    return Decoded(predictions, na_probs if v2 else None)
+            na_probs[q.qid] = null[qi] - score
+    out = Decoded({}, na_probs if v2 else None, spans)
+    return dataclasses.replace(out, predictions=out.at_threshold(cfg.null_threshold))

@@ -67,18 +67,23 @@ class Scored:
     version: str
 
 
-def score_v1(data: SquadSet, predictions: dict[str, str]) -> Scored:
+def score_golds(golds: list[tuple[str, list[str]]], predictions: dict[str, str], version: str = "1.1") -> Scored:
+    """EM / F1 as evaluate-v1.1.py (and the MRQA scorer, which is its copy): per question the max over its
+    gold texts; a question without a prediction scores 0 and stays in the total."""
     em = f1 = 0.0
     missing = 0
-    for q in data.questions:
-        if q.qid not in predictions:
-            missing += 1  # stays in the total with score 0, as evaluate-v1.1.py
+    for qid, texts in golds:
+        if qid not in predictions:
+            missing += 1
             continue
-        golds = [a.text for a in q.answers]
-        em += max(exact_match(predictions[q.qid], g) for g in golds)
-        f1 += max(f1_v1(predictions[q.qid], g) for g in golds)
-    total = len(data.questions)
-    return Scored({"exact_match": 100.0 * em / total, "f1": 100.0 * f1 / total}, missing, "1.1")
+        em += max(exact_match(predictions[qid], g) for g in texts)
+        f1 += max(f1_v1(predictions[qid], g) for g in texts)
+    total = len(golds)
+    return Scored({"exact_match": 100.0 * em / total, "f1": 100.0 * f1 / total}, missing, version)
+
+
+def score_v1(data: SquadSet, predictions: dict[str, str]) -> Scored:
+    return score_golds([(q.qid, [a.text for a in q.answers]) for q in data.questions], predictions)
 
 
 def score_v2(data: SquadSet, predictions: dict[str, str], na_probs: dict[str, float] | None = None,
@@ -145,11 +150,8 @@ def best_threshold(predictions: dict[str, str], scores: dict[str, float], na_pro
 def evaluate_files(data_file: str | Path, pred_file: str | Path, na_prob_file: str | Path | None = None,
                    version: str | None = None) -> Scored:
     data = load_squad(data_file, version, check_answers=False)  # the official scorers read ids and texts only
-    predictions = _read_mapping(pred_file, str)
+    predictions = read_predictions(pred_file, data.qids, data_file)
     na_probs = _read_mapping(na_prob_file, float) if na_prob_file else None
-    unknown = sorted(set(predictions) - set(data.qids))
-    if unknown:
-        raise SquadError(f"{pred_file}: {len(unknown)} prediction id(s) not in {data_file}, e.g. {unknown[0]!r}")
     if data.version == "1.1":
         if na_probs is not None:
             raise SquadError(f"{na_prob_file}: a no-answer probability file for a SQuAD 1.1 data file")
@@ -159,6 +161,15 @@ def evaluate_files(data_file: str | Path, pred_file: str | Path, na_prob_file: s
         if lacking:
             raise SquadError(f"{na_prob_file}: no probability for {len(lacking)} predicted id(s), e.g. {lacking[0]!r}")
     return score_v2(data, predictions, na_probs)
+
+
+def read_predictions(pred_file: str | Path, qids: list[str], data_file: str | Path) -> dict[str, str]:
+    """A predictions JSON (id -> text) whose ids are all questions of the data file."""
+    predictions = _read_mapping(pred_file, str)
+    unknown = sorted(set(predictions) - set(qids))
+    if unknown:
+        raise SquadError(f"{pred_file}: {len(unknown)} prediction id(s) not in {data_file}, e.g. {unknown[0]!r}")
+    return predictions
 
 
 def _read_mapping(path: str | Path, kind: type) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -39,43 +38,11 @@ from trainer import checkpoint, selfcheck
 from trainer.checkpoint import TrainState
 from trainer.config import Config, TrainConfig, stored_config
 from trainer.data import BlockStream, build_loader
+from trainer.dist import Dist, distributed, lr_factor
 from trainer.metrics import ObjectiveSums, StepCounts, target_counts
 from trainer.model import OBJECTIVES, SpanBert, decay_groups, flops_per_token
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 spec sheets
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_dist() -> Dist:
-    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_*; a plain `python -m trainer` is one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local_rank, device)
-
-
-def teardown_dist() -> None:
-    # barrier first: gloo can abort a peer that is still talking when another rank tears down.
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def global_counts(micro_batches: list[dict[str, torch.Tensor]], world: int, device: torch.device, flag: float = 0.0) -> StepCounts:
@@ -137,13 +104,6 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device, compiled: bo
     return out
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to the peak, then linear decay to 0 at `total` (paper §4.2)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
 def lr_schedule(cfg: Config) -> tuple[float, int, int]:
     """(peak lr, warm-up steps, step where the lr reaches 0): all the LR depends on."""
     return cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.schedule_steps or cfg.train.max_steps
@@ -153,15 +113,8 @@ def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: str = "n
         init_from: str | Path | None = None) -> dict[str, Any]:
     """Train; returns a summary. `resume`: "never", "auto" (newest valid checkpoint in out_dir) or a path.
     `init_from`: a transformers BERT directory to start from (trainer/hf.py), unless a checkpoint resumes."""
-    d = setup_dist()
-    try:
-        summary = _run(cfg, Path(data_dir), Path(out_dir), resume, d, init_from)
-    except BaseException:
-        if dist.is_initialized():  # no barrier on the way out of an error: a peer may be gone or stuck
-            dist.destroy_process_group()
-        raise
-    teardown_dist()
-    return summary
+    with distributed() as d:
+        return _run(cfg, Path(data_dir), Path(out_dir), resume, d, init_from)
 
 
 @dataclass

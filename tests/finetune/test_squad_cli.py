@@ -19,7 +19,7 @@ from finetune.split import main as split_main
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--max-seq-length", "64", "--doc-stride", "32", "--max-query-length", "24", "--batch-size", "8",
-         "--eval-batch-size", "128"]
+         "--eval-batch-size", "128", "--eval-every", "0"]
 
 
 def _articles(path: Path) -> list[dict]:
