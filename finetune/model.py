@@ -114,15 +114,22 @@ def build_model(pre: Pretrained, seed: int, dropout: float | None = None) -> Ber
 
 def export_qa(model: BertForQuestionAnswering, vocab: Vocabulary, out_dir: str | Path, info: dict | None = None) -> Path:
     """A transformers directory that BertForQuestionAnswering.from_pretrained loads with nothing missing."""
+    return export_hf(model, vocab, out_dir, "BertForQuestionAnswering", {}, info)
+
+
+def export_hf(model: nn.Module, vocab: Vocabulary, out_dir: str | Path, architecture: str, config_extra: dict,
+              info: dict | None = None, info_file: str = "spanbert_finetune.json") -> Path:
+    """The fine-tuned model's state dict (transformers' names) + config.json naming `architecture` (with
+    `config_extra`, e.g. the labels) + the tokenizer files + `info_file` (what trained it)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = model.cfg
-    state = {k: v for k, v in (model.module if hasattr(model, "module") else model).state_dict().items()}
-    save_weights({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, {}, cfg, out_dir)
+    bare = model.module if hasattr(model, "module") else model
+    cfg = bare.cfg
+    save_weights({k: v.detach().cpu().contiguous().clone() for k, v in bare.state_dict().items()}, {}, cfg, out_dir)
     config = hf_config_dict(cfg, pad_token_id=vocab.tokens.index("[PAD]") if "[PAD]" in vocab.tokens else 0)
-    config["architectures"] = ["BertForQuestionAnswering"]
+    config.update(architectures=[architecture], **config_extra)
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     save_tokenizer(vocab, cfg.max_position, out_dir)
-    (out_dir / "spanbert_finetune.json").write_text(json.dumps({**(info or {}), "vocab_sha256": vocab.sha256,
-                                                                "model_config": dataclasses.asdict(cfg)}, indent=2) + "\n")
+    (out_dir / info_file).write_text(json.dumps({**(info or {}), "vocab_sha256": vocab.sha256,
+                                                 "model_config": dataclasses.asdict(cfg)}, indent=2) + "\n")
     return out_dir

@@ -96,11 +96,14 @@ def load_mrqa(path: str | Path, training: bool) -> MrqaSet:
 
 
 def squad_to_mrqa(data: SquadSet, name: str = "SQuAD") -> list[dict[str, Any]]:
-    """A SQuAD 1.1 set as MRQA lines (header first): one line per paragraph, `answers` the gold texts,
-    `detected_answers` their character spans with inclusive ends (how MRQA ships SQuAD)."""
+    """A SQuAD set as MRQA lines (header first): one line per paragraph, `answers` the gold texts,
+    `detected_answers` their character spans with inclusive ends (how MRQA ships SQuAD). MRQA has no
+    unanswerable questions: those of a 2.0 set are left out (a paragraph with none left too)."""
     lines: list[dict[str, Any]] = [{"header": {"dataset": name, "split": "converted"}}]
     by_context: dict[int, list[Question]] = {}
     for q in data.questions:
+        if q.is_impossible:
+            continue
         by_context.setdefault(q.context_index, []).append(q)
     for ci, qs in sorted(by_context.items()):
         lines.append({"context": data.contexts[ci], "qas": [{
