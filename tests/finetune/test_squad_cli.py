@@ -118,3 +118,26 @@ def test_bad_train_file_is_one_error_line(tmp_path, tiny_hf_dir, capsys):
     assert _finetune(tmp_path / "out", tiny_hf_dir, bad, V1, "--max-steps", "1") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: {bad}: question {qa['id']!r}") and "not in its context" in err[-1]
+
+
+@pytest.mark.slow
+def test_v2_grid_bertadam_tuned_threshold_outputs(tmp_path, tiny_hf_dir, one_article):
+    """--batch-size 4,8 x --lr: every cell trained and reported; --optimizer bertadam runs; the written
+    2.0 predictions are the tuned ones and the standalone scorer reproduces eval.json's official keys."""
+    raw = json.loads(V2.read_text(encoding="utf-8"))
+    raw["data"] = raw["data"][:1]
+    v2 = tmp_path / "v2.json"
+    v2.write_text(json.dumps(raw))
+    assert _finetune(tmp_path / "g", tiny_hf_dir, v2, v2, "--max-steps", "2", "--lr", "1e-3,2e-3", "--batch-size", "4,8",
+                     "--optimizer", "bertadam", "--eval-every", "1") == 0
+    g = tmp_path / "g"
+    sweep = json.loads((g / "lr_sweep.json").read_text())
+    assert [(c["batch_size"], c["lr"]) for c in sweep["lrs"]] == [(4, 1e-3), (4, 2e-3), (8, 1e-3), (8, 2e-3)]
+    assert all([e["step"] for e in c["evals"]] == [1, 2] for c in sweep["lrs"])
+    assert {p.name for p in g.iterdir()} >= {"bs-4-lr-0.001", "bs-8-lr-0.002", "evals.jsonl"}
+    m = json.loads((g / "eval.json").read_text())
+    official = evaluate_files(v2, g / "predictions.json", g / "na_prob.json").metrics
+    assert {k: m[k] for k in official} == official and "zero_threshold" in m
+    preds, na = (json.loads((g / n).read_text()) for n in ("predictions.json", "na_prob.json"))
+    assert all(preds[k] == "" for k in preds if na[k] > m["null_threshold"])
+    assert json.loads((g / "config.json").read_text())["loop"]["optimizer"] == "bertadam"
