@@ -5,11 +5,15 @@ are ordered by sha256 of their title (not by file position, so the split does no
 are reordered) and the first `heldout_fraction` of them (rounded, at least one each side) are held out.
 The SQuAD training sets are not on these machines; the paper splits dev sets in half the same way for
 MRQA. Each output is a valid SQuAD file of the input's version.
+
+An MRQA file (.jsonl.gz) is split the same way by context (sha256 of the context text) into
+train.jsonl.gz / heldout.jsonl.gz, header kept; a TACRED-layout JSON list by example (sha256 of the id).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import sys
@@ -29,21 +33,70 @@ class Split:
 def split_articles(articles: list[dict], heldout_fraction: float = 0.5) -> Split:
     if len(articles) < 2:
         raise ValueError("need at least two articles to split")
-    keyed = sorted(articles, key=lambda a: hashlib.sha256(str(a.get("title", "")).encode("utf-8")).hexdigest())
-    n = min(len(articles) - 1, max(1, round(heldout_fraction * len(articles))))
+    return _by_hash(articles, lambda a: str(a.get("title", "")), heldout_fraction)
+
+
+def _by_hash(items: list, key, heldout_fraction: float) -> Split:
+    """Items ordered by sha256 of key(item); the first heldout_fraction (rounded, >= 1 each side) held out."""
+    keyed = sorted(items, key=lambda x: hashlib.sha256(key(x).encode("utf-8")).hexdigest())
+    n = min(len(items) - 1, max(1, round(heldout_fraction * len(items))))
     return Split(train=keyed[n:], heldout=keyed[:n])
+
+
+def _split_other(path: Path, out: Path, fraction: float) -> None:
+    """MRQA (.jsonl.gz, by context) or TACRED (a JSON list, by id)."""
+    if path.name.endswith(".jsonl.gz"):
+        from finetune.mrqa import load_mrqa, read_lines, write_mrqa
+
+        load_mrqa(path, training=False)  # checked before it is split
+        rows = read_lines(path)
+        if len(rows) < 2:
+            raise SquadError(f"{path}: need at least two contexts to split")
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            header = json.loads(f.readline())
+        parts = _by_hash(rows, lambda r: r["context"], fraction)
+        for name, part in (("train.jsonl.gz", parts.train), ("heldout.jsonl.gz", parts.heldout)):
+            write_mrqa([header, *part], out / name)
+            print(f"[split] {out / name}: {len(part)} contexts, {sum(len(r['qas']) for r in part)} questions", file=sys.stderr)
+        return
+    from finetune.tacred import load_tacred
+
+    load_tacred(path)
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    if len(raw) < 2:
+        raise SquadError(f"{path}: need at least two examples to split")
+    parts = _by_hash(raw, lambda x: str(x["id"]), fraction)
+    for name, part in (("train.json", parts.train), ("heldout.json", parts.heldout)):
+        (out / name).write_text(json.dumps(part, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"[split] {out / name}: {len(part)} examples", file=sys.stderr)
+
+
+def _is_squad(path: Path) -> bool:
+    if path.name.endswith(".jsonl.gz"):
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+    except (OSError, UnicodeDecodeError):
+        return True  # load_squad names the problem
+    return not head.startswith("[")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m finetune.split", description=__doc__.split("\n\n")[1])
-    p.add_argument("file", help="SQuAD 1.1 / 2.0 JSON")
+    p.add_argument("file", help="SQuAD 1.1 / 2.0 JSON, MRQA .jsonl.gz or TACRED-layout JSON list")
     p.add_argument("--out", required=True, type=Path, help="directory for train.json and heldout.json")
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="share of articles held out (default 0.5)")
     args = p.parse_args(argv)
+    if not 0.0 < args.heldout_fraction < 1.0:
+        print(f"error: --heldout-fraction {args.heldout_fraction}: must be in (0, 1)", file=sys.stderr)
+        return 2
+    if not _is_squad(Path(args.file)):
+        args.out.mkdir(parents=True, exist_ok=True)
+        _split_other(Path(args.file), args.out, args.heldout_fraction)
+        return 0
     try:
         data = load_squad(args.file)
-        if not 0.0 < args.heldout_fraction < 1.0:
-            raise SquadError(f"--heldout-fraction {args.heldout_fraction}: must be in (0, 1)")
         titles = [a.get("title") for a in data.articles]
         if len(set(titles)) != len(titles):
             raise SquadError(f"{args.file}: two articles share a title; the split orders articles by title")

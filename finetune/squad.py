@@ -122,7 +122,8 @@ def score_squad_run(data: SquadSet, decoded: Decoded) -> Evaluation:
     """v1.1: the official metrics. v2.0: the dev-tuned null threshold applied (the reference's run_squad.py):
     the official sweep over the best non-null spans gives best_f1_thresh; predictions.json holds the spans
     with "" where null - best > that threshold; eval.json = the official v2.0 metrics of those predictions
-    (with na_prob.json) + `null_threshold` + `zero_threshold` (the figures at threshold 0, sweep included)."""
+    (what `python -m finetune.evaluate_squad DEV predictions.json` prints) + `null_threshold` +
+    `zero_threshold` (the official metrics at threshold 0, with na_prob.json's best_* sweep)."""
     if decoded.na_probs is None:
         scored = score_v1(data, decoded.predictions)
         return Evaluation(scored.metrics, float(scored.metrics["f1"]),
@@ -130,8 +131,7 @@ def score_squad_run(data: SquadSet, decoded: Decoded) -> Evaluation:
     zero = score_v2(data, decoded.spans, decoded.na_probs, na_prob_thresh=0.0).metrics
     threshold = float(zero["best_f1_thresh"])
     predictions = decoded.at_threshold(threshold)
-    metrics = {**score_v2(data, predictions, decoded.na_probs).metrics, "null_threshold": threshold,
-               "zero_threshold": zero}
+    metrics = {**score_v2(data, predictions).metrics, "null_threshold": threshold, "zero_threshold": zero}
     return Evaluation(metrics, float(metrics["f1"]), {"predictions.json": dump(predictions),
                                                       "na_prob.json": dump(decoded.na_probs), "eval.json": dump(metrics)})
 

@@ -15,10 +15,13 @@ masking scheme (its training task) and with the same geometric span masks for ev
 span prediction, the paper's thesis). Results: results.json, results.md, loss_curves.png, and
 span_lengths.png (the shards' geometric masking against the paper's Fig. 2).
 
-With `--downstream squad2` every row's checkpoint is also fine-tuned on SQuAD 2.0 (`python -m finetune
-squad`, on an article split of --squad-file, by default ../shared/data/squad/dev-v2.0.json) and scored with
-the official v2.0 metric: EM / F1 columns beside the held-out MLM loss, as the paper's Tables 6 and 7
-rank rows (threshold tuned on the held-out half: the official best_exact / best_f1).
+With `--downstream squad2` (a comma-separated list of squad1, squad2, mrqa:FILE, tacred:FILE) every row's
+checkpoint is also fine-tuned (`python -m finetune squad|mrqa|tacred`) on one half of each data file and
+scored on the other half (`python -m finetune.split`: SQuAD by article, MRQA by context, TACRED by example
+id; the paper splits MRQA's dev sets in half the same way): EM / F1 columns (TACRED: micro F1) beside the
+held-out MLM loss, as the paper's Tables 6 and 7 rank rows. SQuAD files default to
+../shared/data/squad/dev-v1.1.json / dev-v2.0.json; SQuAD 2.0 applies the null threshold tuned on the
+held-out half (the reference's way), and the zero-threshold figures are kept in results.json.
 
 Runs are resumable: re-running the command continues unfinished rows (`--resume auto`) and skips
 finished ones, so a long GPU ablation survives interruption.
@@ -43,6 +46,7 @@ from trainer.model import OBJECTIVES
 from trainer.report import plot_loss_curves
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SQUAD1 = REPO.parent / "shared" / "data" / "squad" / "dev-v1.1.json"
 DEFAULT_SQUAD2 = REPO.parent / "shared" / "data" / "squad" / "dev-v2.0.json"
 
 PAIR_NSP = ("model.objective=mlm+nsp",)
@@ -87,41 +91,83 @@ def train_row(row: Row, args: argparse.Namespace, run_dir: Path) -> None:
     subprocess.run(cmd, check=True)
 
 
-def squad_split(args: argparse.Namespace) -> Path:
-    """The article split of --squad-file (train.json / heldout.json), made once per grid."""
-    split = args.out / "squad2-split"
-    if not (split / "heldout.json").is_file():
-        subprocess.run([sys.executable, "-m", "finetune.split", str(args.squad_file), "--out", str(split)], check=True)
-    return split
+@dataclass(frozen=True)
+class Downstream:
+    """One downstream column group: `task` (python -m finetune TASK), its data file, its column prefix."""
+
+    task: str  # squad / mrqa / tacred
+    file: Path
+    prefix: str  # squad1, squad2, mrqa_<file stem>, tacred
+    version: str | None = None  # SQuAD only
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (f"{self.prefix}_f1",) if self.task == "tacred" else (f"{self.prefix}_em", f"{self.prefix}_f1")
 
 
-def finetune_row(row: Row, args: argparse.Namespace, run_dir: Path, split: Path) -> dict[str, float]:
-    """Fine-tune the row's checkpoint on the split's train half, score the held-out half (SQuAD 2.0)."""
-    out = run_dir / "squad2"
+def parse_downstream(text: str, squad1: Path, squad2: Path) -> list[Downstream]:
+    """`none` or a comma-separated list of squad1, squad2, mrqa:FILE, tacred:FILE."""
+    out: list[Downstream] = []
+    for spec in (x.strip() for x in text.split(",") if x.strip() and x.strip() != "none"):
+        name, _, file = spec.partition(":")
+        if spec in ("squad1", "squad2"):
+            out.append(Downstream("squad", squad1 if spec == "squad1" else squad2, spec, "1.1" if spec == "squad1" else "2.0"))
+        elif name in ("mrqa", "tacred") and file:
+            stem = Path(file).name.split(".")[0].replace("-", "_")
+            out.append(Downstream(name, Path(file), f"mrqa_{stem}" if name == "mrqa" else "tacred"))
+        else:
+            raise SystemExit(f"error: --downstream {spec!r}: expected squad1, squad2, mrqa:FILE or tacred:FILE")
+    prefixes = [d.prefix for d in out]
+    if len(set(prefixes)) != len(prefixes):
+        raise SystemExit(f"error: --downstream {text!r}: a column group twice ({prefixes})")
+    for d in out:
+        if not d.file.is_file():
+            raise SystemExit(f"error: --downstream {d.prefix}: {d.file}: no such file")
+    return out
+
+
+def downstream_split(ds: Downstream, args: argparse.Namespace) -> tuple[Path, Path]:
+    """The held-out split of the task's file (train half, held-out half), made once per grid."""
+    split = args.out / f"{ds.prefix}-split"
+    suffix = ".jsonl.gz" if ds.task == "mrqa" else ".json"
+    if not (split / f"heldout{suffix}").is_file():
+        subprocess.run([sys.executable, "-m", "finetune.split", str(ds.file), "--out", str(split)], check=True)
+    return split / f"train{suffix}", split / f"heldout{suffix}"
+
+
+def finetune_row(row: Row, args: argparse.Namespace, run_dir: Path, ds: Downstream) -> dict[str, float]:
+    """Fine-tune the row's checkpoint on the train half of the task's file and score the held-out half."""
+    out = run_dir / ds.prefix
     if not (out / "eval.json").is_file():  # resumable: a scored row is not fine-tuned again
+        train, heldout = downstream_split(ds, args)
         launcher = [sys.executable, "-m"]
         if args.nproc > 1:
             launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m"]
-        cmd = [*launcher, "finetune", "squad", "--model", str(run_dir), "--train", str(split / "train.json"),
-               "--dev", str(split / "heldout.json"), "--out", str(out), "--version", "2.0", *args.squad_args]
+        extra = args.tacred_args if ds.task == "tacred" else args.squad_args
+        cmd = [*launcher, "finetune", ds.task, "--model", str(run_dir), "--train", str(train), "--dev", str(heldout),
+               "--out", str(out), *(["--version", ds.version] if ds.version else []), *extra]
         print(f"[ablate] {row.name}: $ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
         subprocess.run(cmd, check=True)
     m = json.loads((out / "eval.json").read_text(encoding="utf-8"))
-    return {"squad2_em": m["best_exact"], "squad2_f1": m["best_f1"], "squad2_em_at_0": m["exact"], "squad2_f1_at_0": m["f1"]}
+    if ds.task == "tacred":
+        return {f"{ds.prefix}_p": m["precision"], f"{ds.prefix}_r": m["recall"], f"{ds.prefix}_f1": m["f1"]}
+    if ds.version == "2.0":  # eval.json: the tuned threshold applied; zero_threshold: at 0
+        return {f"{ds.prefix}_em": m["exact"], f"{ds.prefix}_f1": m["f1"],
+                f"{ds.prefix}_em_at_0": m["zero_threshold"]["exact"], f"{ds.prefix}_f1_at_0": m["zero_threshold"]["f1"]}
+    return {f"{ds.prefix}_em": m["exact_match"], f"{ds.prefix}_f1": m["f1"]}
 
 
-def write_results(out: Path, results: list[dict[str, Any]]) -> None:
+def write_results(out: Path, results: list[dict[str, Any]], downstream: list[Downstream] = ()) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     cols = ("own_mlm_loss", "own_mlm_acc", "geo_mlm_loss", "geo_mlm_acc", "geo_sbo_loss", "own_nsp_acc")
-    if any("squad2_f1" in r for r in results):
-        cols += ("squad2_em", "squad2_f1")
+    cols += tuple(c for d in downstream for c in d.columns)
     lines = [
         "# Ablation grid (held-out documents, fixed masks)",
         "",
         "`own`: masked with the row's own scheme (its training task). `geo`: every row masked with the same",
         "geometric spans in one sequence (one yardstick). Loss in nats per masked token; lower is better.",
-        "`squad2_em` / `squad2_f1`: SQuAD 2.0 after fine-tuning on half of the articles, scored on the other half",
-        "(official v2.0 metric, best_exact / best_f1: no-answer threshold tuned there); higher is better.",
+        "Downstream columns (`*_em` / `*_f1`, TACRED `tacred_f1`): fine-tuned on half of the task's file, scored on the",
+        "other half with the official metric (SQuAD 2.0: no-answer threshold tuned there); higher is better.",
         "",
         "| run | paper rows | " + " | ".join(cols) + " |",
         "|---|---|" + "---|" * len(cols),
@@ -145,16 +191,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-blocks", type=int, default=0, help="evaluate at most this many held-out blocks (0 = all)")
     p.add_argument("--nproc", type=int, default=max(1, torch.cuda.device_count()), help="torchrun processes per row")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="for every row")
-    p.add_argument("--downstream", choices=("none", "squad2"), default="none",
-                   help="squad2: also fine-tune every row on SQuAD 2.0 and add EM / F1 columns")
+    p.add_argument("--downstream", default="none",
+                   help="comma-separated: squad1, squad2, mrqa:FILE (.jsonl.gz), tacred:FILE (.json); each row is "
+                        "fine-tuned on half of the file and scored on the other half (EM / F1 columns)")
     p.add_argument("--squad-file", type=Path, default=DEFAULT_SQUAD2,
-                   help="SQuAD 2.0 file split by article into train / held-out halves (python -m finetune.split)")
-    small = [] if gpu else ["--max-steps", "150", "--max-seq-length", "256", "--batch-size", "16", "--lr", "1e-4"]
+                   help="the squad2 file, split by article into train / held-out halves (python -m finetune.split)")
+    p.add_argument("--squad1-file", type=Path, default=DEFAULT_SQUAD1, help="the squad1 file, split the same way")
+    small = [] if gpu else ["--max-steps", "150", "--max-seq-length", "256", "--batch-size", "16", "--lr", "1e-4",
+                            "--eval-every", "0"]
     p.add_argument("--squad-args", default=" ".join(small),
-                   help="extra `python -m finetune squad` options; default on CPU: a short run "
+                   help="extra `python -m finetune squad|mrqa` options; default on CPU: a short run "
                         f"({' '.join(small) or 'none'}), on GPU: the paper's recipe")
+    small_tacred = [] if gpu else ["--max-steps", "150", "--batch-size", "16", "--lr", "1e-4", "--eval-every", "0"]
+    p.add_argument("--tacred-args", default=" ".join(small_tacred),
+                   help=f"extra `python -m finetune tacred` options; default on CPU: {' '.join(small_tacred) or 'none'}")
     args = p.parse_args(argv)
     args.squad_args = shlex.split(args.squad_args)
+    args.tacred_args = shlex.split(args.tacred_args)
+    downstream = parse_downstream(args.downstream, args.squad1_file, args.squad_file)
 
     rows = ROWS if args.rows == "all" else [r for r in ROWS if r.name in args.rows.split(",")]
     unknown = set(args.rows.split(",")) - {r.name for r in ROWS} if args.rows != "all" else set()
@@ -170,9 +224,6 @@ def main(argv: list[str] | None = None) -> int:
              "--blocks", "2000", "--json", "--plot", str(args.out / "span_lengths.png")],
             check=True, stdout=stats,
         )
-    if args.downstream == "squad2" and not args.squad_file.is_file():
-        raise SystemExit(f"error: --squad-file {args.squad_file}: no such file (a SQuAD 2.0 JSON to split)")
-    split = squad_split(args) if args.downstream == "squad2" else None
     results = []
     for row in rows:
         run_dir = args.out / "runs" / row.name
@@ -185,11 +236,11 @@ def main(argv: list[str] | None = None) -> int:
                   "heldout_blocks": own["blocks"],
                   **{f"own_{k}": v for k, v in own.items() if k.split("_")[0] in OBJECTIVES},
                   **{f"geo_{k}": v for k, v in geo.items() if k.split("_")[0] in OBJECTIVES}}
-        if split is not None:
-            result.update(finetune_row(row, args, run_dir, split))
+        for ds in downstream:
+            result.update(finetune_row(row, args, run_dir, ds))
         results.append(result)
         print(f"[ablate] {row.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
-        write_results(args.out, results)  # after every row: a partial grid is still a table
+        write_results(args.out, results, downstream)  # after every row: a partial grid is still a table
     plot_loss_curves({r.name: args.out / "runs" / r.name for r in rows}, args.out / "loss_curves.png",
                      title=f"ablation grid: {args.config}, {args.max_steps} steps")
     print(f"[ablate] wrote {args.out / 'results.md'}, results.json, loss_curves.png, span_lengths.png")

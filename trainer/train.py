@@ -163,9 +163,20 @@ def build_model(cfg: Config, d: Dist) -> tuple[SpanBert, torch.optim.Optimizer]:
     torch.manual_seed(cfg.train.seed)
     model = SpanBert(cfg.model).to(d.device)
     fused = oc.fused and d.device.type in ("cuda", "cpu")
-    optimizer = torch.optim.AdamW(decay_groups(model, oc.weight_decay), lr=oc.lr, betas=oc.betas, eps=oc.eps, fused=fused)
+    optimizer = torch.optim.AdamW(pretraining_groups(model, oc.weight_decay), lr=oc.lr, betas=oc.betas, eps=oc.eps, fused=fused)
     torch.manual_seed(cfg.train.seed + 1 + d.rank)  # dropout differs per rank
     return model, optimizer
+
+
+def pretraining_groups(model: SpanBert, weight_decay: float) -> list[dict]:
+    """decay_groups, with the token-type embeddings also undecayed: single-sequence pre-training never
+    uses row 1 (segment B), so weight decay 0.1 would shrink it by exp(-0.1 * sum of lr) toward 0
+    (e^-12 over the paper's schedule) before fine-tuning puts the context there (docs/trainer.md, Fidelity)."""
+    groups = decay_groups(model, weight_decay)
+    token_type = model.bert.embeddings.token_type_embeddings.weight
+    groups[0]["params"] = [p for p in groups[0]["params"] if p is not token_type]
+    groups[1]["params"].append(token_type)
+    return groups
 
 
 def build_data(cfg: Config, data_dir: Path, d: Dist, position: int) -> tuple[BlockStream, Iterator[dict[str, torch.Tensor]]]:

@@ -136,7 +136,7 @@ def test_v2_grid_bertadam_tuned_threshold_outputs(tmp_path, tiny_hf_dir, one_art
     assert all([e["step"] for e in c["evals"]] == [1, 2] for c in sweep["lrs"])
     assert {p.name for p in g.iterdir()} >= {"bs-4-lr-0.001", "bs-8-lr-0.002", "evals.jsonl"}
     m = json.loads((g / "eval.json").read_text())
-    official = evaluate_files(v2, g / "predictions.json", g / "na_prob.json").metrics
+    official = evaluate_files(v2, g / "predictions.json").metrics
     assert {k: m[k] for k in official} == official and "zero_threshold" in m
     preds, na = (json.loads((g / n).read_text()) for n in ("predictions.json", "na_prob.json"))
     assert all(preds[k] == "" for k in preds if na[k] > m["null_threshold"])
