@@ -84,8 +84,9 @@ def test_v2_outputs_and_cpu_reproducibility(tmp_path, tiny_hf_dir):
     for run in ("a", "b"):
         assert _finetune(tmp_path / run, tiny_hf_dir, V2, V2, "--max-steps", "3", "--lr", "1e-3") == 0
     m = json.loads((tmp_path / "a" / "eval.json").read_text())
-    assert {"exact", "f1", "total", "HasAns_exact", "NoAns_exact", "best_exact", "best_exact_thresh", "best_f1",
-            "best_f1_thresh"} <= set(m) and m["total"] == 233
+    assert {"exact", "f1", "total", "HasAns_exact", "NoAns_exact", "null_threshold", "zero_threshold"} <= set(m)
+    assert m["total"] == 233 and {"exact", "f1", "best_exact", "best_exact_thresh", "best_f1",
+                                  "best_f1_thresh"} <= set(m["zero_threshold"])
     for name in ("predictions.json", "na_prob.json", "eval.json"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in "ab"]
