@@ -75,6 +75,21 @@ def detect_version(raw: dict[str, Any]) -> str:
     return "1.1"
 
 
+def checked_context(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("context is not a string")
+    return value
+
+
+def claim_qid(path: Path, value: Any, seen: set[str]) -> str:
+    """The question id as a string, refused when the file used it before (SQuAD and MRQA alike)."""
+    qid = str(value)
+    if qid in seen:
+        raise SquadError(f"{path}: question id {qid!r} occurs twice")
+    seen.add(qid)
+    return qid
+
+
 def load_squad(path: str | Path, version: str | None = None, check_answers: bool = True) -> SquadSet:
     """Read and validate a SQuAD 1.1 / 2.0 file; `version` None = detect it."""
     path = Path(path)
@@ -92,15 +107,10 @@ def load_squad(path: str | Path, version: str | None = None, check_answers: bool
         for a, article in enumerate(raw["data"]):
             title = str(article.get("title", f"article {a}"))
             for paragraph in article["paragraphs"]:
-                context = paragraph["context"]
-                if not isinstance(context, str):
-                    raise TypeError("context is not a string")
+                context = checked_context(paragraph["context"])
                 contexts.append(context)
                 for qa in paragraph["qas"]:
-                    qid = str(qa["id"])
-                    if qid in seen:
-                        raise SquadError(f"{path}: question id {qid!r} occurs twice")
-                    seen.add(qid)
+                    qid = claim_qid(path, qa["id"], seen)
                     answers = tuple(Answer(str(x["text"]), int(x["answer_start"])) for x in qa["answers"])
                     if qa.get("is_impossible", False) and answers:
                         raise SquadError(f"{path}: question {qid!r} is_impossible but has answers")

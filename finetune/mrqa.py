@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.data import Answer, Question, SquadError, SquadSet
+from finetune.data import Answer, Question, SquadError, SquadSet, checked_context, claim_qid
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,10 @@ def load_mrqa(path: str | Path, training: bool) -> MrqaSet:
     seen: set[str] = set()
     for n, row in enumerate(read_lines(path), 2):
         try:
-            context = row["context"]
-            if not isinstance(context, str):
-                raise TypeError("context is not a string")
+            context = checked_context(row["context"])
             contexts.append(context)
             for qa in row["qas"]:
-                qid = str(qa["qid"])
-                if qid in seen:
-                    raise SquadError(f"{path}: question id {qid!r} occurs twice")
-                seen.add(qid)
+                qid = claim_qid(path, qa["qid"], seen)
                 spans = sorted(tuple(map(int, s)) for d in qa.get("detected_answers", []) for s in d["char_spans"])
                 for s, e in spans:
                     if not 0 <= s <= e < len(context):
