@@ -169,7 +169,7 @@ def _train_cell(task: Task, model: nn.Module, cfg: LoopConfig, cell: CellResult,
     from tqdm import tqdm
 
     bar = tqdm(total=total, disable=not d.main, dynamic_ncols=True, desc=f"{task.name} {cell.name}", file=sys.stderr)
-    t_start = time.perf_counter()
+    t_start, eval_s = time.perf_counter(), 0.0
     step = 0
     with open(out / "metrics.jsonl", "a", encoding="utf-8") if d.main else contextlib.nullcontext() as metrics:
         while step < total:
@@ -197,12 +197,15 @@ def _train_cell(task: Task, model: nn.Module, cfg: LoopConfig, cell: CellResult,
                                           "elapsed_s": round(time.perf_counter() - t_start, 3)}) + "\n")
             stop = False
             if cfg.max_minutes > 0:
-                flag = torch.tensor(float(time.perf_counter() - t_start > 60 * cfg.max_minutes), device=d.device)
+                trained = time.perf_counter() - t_start - eval_s  # dev evaluations do not count
+                flag = torch.tensor(float(trained > 60 * cfg.max_minutes), device=d.device)
                 if d.world > 1:  # every rank stops at the same step
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 stop = bool(flag.item())
             if step in when or stop:
+                t_eval = time.perf_counter()
                 ev = task.evaluate(model)
+                eval_s += time.perf_counter() - t_eval
                 net.train()
                 if ev is not None and _keep(task.name, cell, ev, step, cell_dir, out, d):
                     if cfg.save_model and ev.key > beat:
