@@ -51,7 +51,7 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
                         "(paper: 16,32); default 32")
     p.add_argument("--epochs", type=float, default=dflt["epochs"], help=f"default {dflt['epochs']:g} (the reference)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (overrides --epochs)")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="also stop each cell after this much training time")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="also stop each cell after this much training time (dev evaluations not counted)")
     p.add_argument("--eval-every", type=float, default=dflt["eval_every"],
                    help="score dev every N steps (N >= 1) or every fraction N of an epoch (N < 1), and at the end; "
                         f"0 = at the end only; the best evaluation is kept (default {dflt['eval_every']:g}: the reference's "

@@ -243,6 +243,11 @@ def resume_from(path: Path, state: dict[str, Any], cfg: Config, model: SpanBert,
     if replace(saved.model, attention=cfg.model.attention) != cfg.model:  # the kernel may change
         raise ValueError(f"{path}: the checkpoint's model config differs from this run's --config/--set")
     model.load_state_dict(state["model"])
+    sizes = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+    if sizes != [len(g["params"]) for g in optimizer.param_groups]:  # e.g. written before pretraining_groups
+        raise ValueError(f"{path}: its optimizer has parameter groups of {sizes} tensors, this version "
+                         f"{[len(g['params']) for g in optimizer.param_groups]} (token_type_embeddings left weight decay "
+                         "in pretraining_groups): resume it with the version that wrote it, or export it and --init-from")
     optimizer.load_state_dict(state["optimizer"])  # its stored lr is stale by design: overwritten each step
     ts = TrainState.from_checkpoint(state)
     # The LR of step t is a function of (t, config), never carried in optimizer or checkpoint state, so a

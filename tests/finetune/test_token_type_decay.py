@@ -28,3 +28,19 @@ def test_single_sequence_pretraining_keeps_token_type_row_1_and_still_decays_the
     # the word embeddings still decay: an unused row shrinks by (1 - lr * wd)^5 exactly (no gradient)
     assert torch.allclose(emb.word_embeddings.weight[-1], unused * (1 - 1e-2 * 0.1) ** 5, atol=1e-7)
     assert not torch.equal(emb.word_embeddings.weight[-1], unused)
+
+
+def test_a_checkpoint_with_the_old_groups_is_refused_with_a_reason(tmp_path):
+    """An optimizer state saved with token_type_embeddings in the decayed group names both layouts instead of
+    failing inside torch (or loading moments into the wrong tensors)."""
+    import pytest
+
+    from trainer.model import decay_groups
+    from trainer.train import resume_from
+
+    cfg = tiny_config()
+    model, opt = build_model(cfg, Dist())
+    old = torch.optim.AdamW(decay_groups(model, 0.1))
+    state = {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": old.state_dict()}
+    with pytest.raises(ValueError, match="token_type_embeddings left weight decay"):
+        resume_from(tmp_path / "step-4.pt", state, cfg, model, opt, Dist(), None)
