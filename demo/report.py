@@ -94,11 +94,11 @@ def _squad(ft: Path) -> list[str]:
     m = json.loads((ft / "eval.json").read_text(encoding="utf-8"))
     sweep = json.loads((ft / "lr_sweep.json").read_text(encoding="utf-8"))
     cfg = json.loads((ft / "config.json").read_text(encoding="utf-8"))
-    steps = next(r["steps"] for r in sweep["lrs"] if r["lr"] == sweep["best_lr"])
+    steps = next(r["steps"] for r in sweep["lrs"] if (r["lr"], r["batch_size"]) == (sweep["best_lr"], sweep["best_batch_size"]))
     return [
         "",
         "## SQuAD 1.1 fine-tuning (python -m finetune squad)",
-        f"- the demo model fine-tuned for {steps} steps (about a minute, batch {cfg['batch_size']}, lr "
+        f"- the demo model fine-tuned for {steps} steps (about a minute, batch {sweep['best_batch_size']}, lr "
         f"{sweep['best_lr']:g}) on {cfg['train_windows']} windows of half the committed SQuAD 1.1 excerpt, scored "
         f"on the other half with the official metric: **EM {m['exact_match']:.2f} / F1 {m['f1']:.2f}** "
         "(paper, SpanBERT-large on the full data: 88.8 / 94.6 on test; a minute of a 2-layer model learns "
