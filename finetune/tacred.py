@@ -30,7 +30,7 @@ from finetune.data import SquadError, read_json
 from finetune.evaluate_tacred import NO_RELATION, score_relations
 from finetune.loop import Evaluation, LoopConfig, Task, dump, log, run_grid
 from finetune.model import Pretrained, export_hf, load_pretrained
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, Objective
 from trainer.dist import Dist, distributed
 from trainer.hf import fresh_pooler
 from trainer.model import Bert
@@ -136,7 +136,7 @@ class BertForSequenceClassification(nn.Module):
 
     def __init__(self, cfg: ModelConfig, num_labels: int):
         super().__init__()
-        self.cfg = dataclasses.replace(cfg, use_nsp=True, use_sbo=False)  # use_nsp: Bert builds the pooler
+        self.cfg = dataclasses.replace(cfg, objective=Objective.MLM_NSP)  # with NSP, Bert builds the pooler (no heads here)
         self.bert = Bert(self.cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
