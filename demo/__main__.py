@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     step(
         "8/9 SQuAD: fine-tune the demo model on one half, score the other (official v1.1 metric)",
         [PY, "-m", "finetune", "squad", "--model", str(run), "--train", str(squad / "split" / "train.json"),
-         "--dev", str(squad / "split" / "heldout.json"), "--out", str(squad / "ft"), "--epochs", "3",
+         "--dev", str(squad / "split" / "heldout.json"), "--out", str(squad / "ft"), "--epochs", "3", "--eval-every", "1",
          "--max-minutes", str(args.squad_minutes), "--max-seq-length", "256", "--batch-size", "16", "--lr", "1e-3"],
     )
     step(
