@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 # Idempotent: re-runs only when the dependency list changes.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench,lint,demo,dask]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench,lint,wikidump,demo,dask]'
 	touch $@
 
 test: install

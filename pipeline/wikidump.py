@@ -22,6 +22,7 @@ Wikitext to text is WikiExtractor 3.1.0's `Extractor`, used as a library (see `e
 from __future__ import annotations
 
 import bz2
+import functools
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -29,8 +30,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import BinaryIO
 from xml.sax.saxutils import escape
-
-from wikiextractor.extract import Extractor, MagicWords, ignoredTags, ignoreTag
 
 from pipeline.documents import RawDocument, Rejection
 
@@ -53,8 +52,6 @@ _DISAMBIGUATION = re.compile(
     r"\s*(?:\||\}\})"
     r"|__DISAMBIG__"
 )
-# WikiExtractor's command line, without --links: its default ignored tags plus <a>.
-_IGNORED_TAGS = [ignoreTag(tag) for tag in (*ignoredTags, "a")]
 _DUMP_ESCAPES = {'"': "&quot;"}  # MediaWiki's dump writer escapes & < > " in element text
 
 
@@ -131,8 +128,10 @@ def plan_dump(path: str, size: int, split_bytes: int) -> list[tuple[int, int | N
 
     A range holds the pages of the streams that start in it. With no index beside the dump (or an
     empty one) the dump is one range from byte 0. Offsets past the file's end are an error: the
-    index belongs to another dump.
+    index belongs to another dump. Planning runs in the launcher, so a missing WikiExtractor is
+    reported here, before any Beam work.
     """
+    _wikiextractor()
     from apache_beam.io.filesystems import FileSystems
 
     if is_index(path):
@@ -316,20 +315,39 @@ def _page_record(page: ET.Element, source: str, offset: int) -> DumpRecord:
 # Wikitext -> text
 
 
-class _RevisionClock(MagicWords):
-    """{{CURRENTYEAR}} and the like read the revision's timestamp, not the wall clock, so the text
-    of a page does not depend on the day it was processed (Extractor.clean_text sets them from
-    time.strftime on every call)."""
+@dataclass(frozen=True)
+class _WikiExtractor:
+    extractor: type  # wikiextractor.extract.Extractor
+    revision_clock: type  # its MagicWords, reading the revision's timestamp (below)
+    ignored_tags: tuple  # WikiExtractor's command line, without --links: its default ignored tags plus <a>
 
-    def __init__(self, timestamp: str) -> None:
-        super().__init__()
-        date, _, clock = timestamp.rstrip("Z").partition("T")
-        year, month, day = ([*date.split("-"), "", "", ""])[:3]
-        self.fixed = {"currentyear": year, "currentmonth": month, "currentday": day,
-                      "currenthour": clock[:2], "currenttime": clock}
 
-    def __setitem__(self, name: str, value: str) -> None:
-        super().__setitem__(name, self.fixed.get(name, value))
+@functools.cache
+def _wikiextractor() -> _WikiExtractor:
+    """WikiExtractor, loaded on first use: it is an optional extra (AGPL-3.0; this project is Apache-2.0)."""
+    try:
+        from wikiextractor.extract import Extractor, MagicWords, ignoredTags, ignoreTag
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "--format wikidump needs WikiExtractor 3.1.0, an optional extra (AGPL-3.0): pip install 'spanbert[wikidump]'"
+        ) from e
+
+    class RevisionClock(MagicWords):
+        """{{CURRENTYEAR}} and the like read the revision's timestamp, not the wall clock, so the text
+        of a page does not depend on the day it was processed (Extractor.clean_text sets them from
+        time.strftime on every call)."""
+
+        def __init__(self, timestamp: str) -> None:
+            super().__init__()
+            date, _, clock = timestamp.rstrip("Z").partition("T")
+            year, month, day = ([*date.split("-"), "", "", ""])[:3]
+            self.fixed = {"currentyear": year, "currentmonth": month, "currentday": day,
+                          "currenthour": clock[:2], "currenttime": clock}
+
+        def __setitem__(self, name: str, value: str) -> None:
+            super().__setitem__(name, self.fixed.get(name, value))
+
+    return _WikiExtractor(Extractor, RevisionClock, tuple(ignoreTag(tag) for tag in (*ignoredTags, "a")))
 
 
 def extract_text(page_id: str, revid: str, title: str, wikitext: str, timestamp: str = "") -> list[str]:
@@ -344,10 +362,11 @@ def extract_text(page_id: str, revid: str, title: str, wikitext: str, timestamp:
     range of it cannot; unknown templates expand to nothing, parser functions still run), `<doc>`
     text HTML-escaped (html_safe), which `clean_document` decodes as it does for that format.
     """
+    wx = _wikiextractor()
     escaped_title = escape(title, _DUMP_ESCAPES)
-    extractor = Extractor(page_id, revid, "", escaped_title, [], templates={}, redirects={},
-                          ignored_tag_patterns=list(_IGNORED_TAGS), keepLinks=False, HtmlFormatting=False)
-    extractor.magicWords = _RevisionClock(timestamp)
+    extractor = wx.extractor(page_id, revid, "", escaped_title, [], templates={}, redirects={},
+                             ignored_tag_patterns=list(wx.ignored_tags), keepLinks=False, HtmlFormatting=False)
+    extractor.magicWords = wx.revision_clock(timestamp)
     return extractor.clean_text(escape(wikitext, _DUMP_ESCAPES), html_safe=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bz2
 import json
+import os
 import subprocess
 import sys
 import time
@@ -252,6 +253,33 @@ def test_a_malformed_index_is_a_one_line_error(tmp_path: Path, multistream_dump:
                    "--output", str(tmp_path / "out"), "--no-annotate"])
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1 and "line 2" in err and "index" in err
+
+
+def test_without_the_wikidump_extra_the_format_is_a_one_line_error(tmp_path: Path) -> None:
+    """WikiExtractor (AGPL-3.0) is an optional extra: without it the other formats work, and a dump is one
+    line naming the extra, raised while planning (in the launcher, before any Beam work)."""
+    blocker = tmp_path / "site" / "wikiextractor"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'wikiextractor'\")\n")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(repo)])}
+    vocab = str(FIXTURE.parent.parent / "vocab" / "bert-base-cased-vocab.txt")
+
+    def pipeline(spec: str, out: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline", "--input", spec, "--no-annotate", "--vocab", vocab,
+                               "--output", str(tmp_path / out)], capture_output=True, text=True, env=env, timeout=300)
+
+    planned = subprocess.run([sys.executable, "-c", f"from pipeline.wikidump import plan_dump; plan_dump({str(FIXTURE)!r}, "
+                              f"{FIXTURE.stat().st_size}, 1 << 20)"], capture_output=True, text=True, env=env, timeout=60)
+    assert planned.returncode != 0 and "pip install 'spanbert[wikidump]'" in planned.stderr.strip().splitlines()[-1]
+    dump = pipeline(f"wikidump:{FIXTURE}", "dump")
+    err = dump.stderr.strip().splitlines()
+    assert dump.returncode == 2 and len(err) == 1, dump.stderr
+    assert err[0].startswith("error: ") and "spanbert[wikidump]" in err[0]
+    assert not (tmp_path / "dump").exists()
+    text = pipeline(f"text:{repo / 'tests' / 'fixtures' / 'gutenberg' / 'austen-emma.txt'}", "text")
+    assert text.returncode == 0, text.stderr
+    assert (tmp_path / "text" / "manifest.json").exists()
 
 
 def test_vocabulary_trainer_reads_the_dump(cli_docs: dict[str, bytes]) -> None:
