@@ -9,7 +9,7 @@ shards hold), aligned with `contract.align`. spaCy is loaded only by `contract.a
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,15 @@ from contract.annotate import annotate as annotate_texts
 from contract.blocks import cut_blocks
 from contract.text import decode
 from contract.tokenizer import word_starts
+from masking.block import Block
 
 
-@dataclass
-class TextBlock:
-    input_ids: np.ndarray  # int32[n]
-    word_start: np.ndarray  # bool[n]
+@dataclass(frozen=True, eq=False, kw_only=True)
+class TextBlock(Block):
+    """A masker `Block` of real text (block_index: its place in the corpus), with where it came from."""
+
     char_offsets: np.ndarray  # int64[n, 2] into its document's text
-    doc: int
-    entity_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
-    entity_labels: list[str] = field(default_factory=list)
-    noun_phrase_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    doc: int  # index into the paths it was read from
 
 
 class RejectedText(ValueError):
@@ -90,29 +88,34 @@ def text_blocks(
         texts.append(text)
         ids, ws, offsets = encode(tokenizer, text)
         for s, e in cut_blocks(ws, None, max_pieces):
-            blocks.append(TextBlock(ids[s:e], ws[s:e], offsets[s:e], doc))
+            blocks.append(TextBlock(ids[s:e], ws[s:e], len(blocks), char_offsets=offsets[s:e], doc=doc))
             if max_blocks is not None and len(blocks) >= max_blocks:
                 return blocks, texts
     return blocks, texts
 
 
-def annotate(blocks: Sequence[TextBlock], texts: Sequence[str], nlp: Any) -> None:
-    """Fill each block's entity and noun-chunk spans with `contract.annotate` run on the lines the
-    document's blocks cover (whole lines, so spaCy sees what the pipeline would)."""
+def annotate(blocks: Sequence[TextBlock], texts: Sequence[str], nlp: Any) -> list[TextBlock]:
+    """The blocks with their entity and noun-chunk spans, from `contract.annotate` run on the lines the
+    document's blocks cover (whole lines, so spaCy sees what the pipeline would); same order."""
+    out = list(blocks)
     for doc in sorted({b.doc for b in blocks}):
-        mine = [b for b in blocks if b.doc == doc and len(b.input_ids)]
+        mine = [i for i, b in enumerate(blocks) if b.doc == doc and len(b.input_ids)]
         if not mine:
             continue
         text = texts[doc]
-        lo = text.rfind("\n", 0, min(int(b.char_offsets[0, 0]) for b in mine)) + 1
-        hi = text.find("\n", max(int(b.char_offsets[-1, 1]) for b in mine))
+        lo = text.rfind("\n", 0, min(int(blocks[i].char_offsets[0, 0]) for i in mine)) + 1
+        hi = text.find("\n", max(int(blocks[i].char_offsets[-1, 1]) for i in mine))
         hi = len(text) if hi < 0 else hi
         (ann,) = annotate_texts(nlp, [text[lo:hi]])
         ents = [(lo + s, lo + e, label) for s, e, label in ann.entities]
         chunks = [(lo + s, lo + e) for s, e in ann.noun_chunks]
-        for b in mine:
-            b.entity_spans, b.entity_labels = _inside(b, [(s, e) for s, e, _ in ents], [lab for *_, lab in ents])
-            b.noun_phrase_spans, _ = _inside(b, chunks, [""] * len(chunks))
+        for i in mine:
+            b = blocks[i]
+            entity_spans, entity_labels = _inside(b, [(s, e) for s, e, _ in ents], [lab for *_, lab in ents])
+            noun_phrase_spans, _ = _inside(b, chunks, [""] * len(chunks))
+            out[i] = replace(b, entity_spans=entity_spans, entity_labels=entity_labels,
+                             noun_phrase_spans=noun_phrase_spans)
+    return out
 
 
 def _inside(

@@ -25,15 +25,8 @@ def take_given_spans(
     share: float,
     keys: np.ndarray,
 ) -> None:
-    """`block`, `start`, `end`: flat int arrays, piece offsets [start, end) within each block."""
-    lengths = layout.lengths[block]
-    bad = (start < 0) | (end > lengths) | (start >= end)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"block {int(block[i])}: span [{int(start[i])}, {int(end[i])}) is empty or outside its "
-            f"{int(lengths[i])} pieces; spans are half-open piece offsets inside the bare block"
-        )
+    """`block`, `start`, `end`: flat int arrays, piece offsets [start, end) within each block (non-empty and
+    inside it: `masking.block.Block` checked them when it was built)."""
     base = layout.offsets[block]
     g0 = layout.word_of(base + start)
     g1 = layout.word_of(base + end - 1) + 1

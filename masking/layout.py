@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from masking.block import Block
+
 
 @dataclass
 class Layout:
@@ -52,22 +54,16 @@ class Layout:
 
 
 def build_layout(
-    input_ids: Sequence[np.ndarray],
-    word_start: Sequence[np.ndarray],
+    blocks: Sequence[Block],
     is_special: np.ndarray,
     mask_ratio: float,
     every_piece_a_word: bool = False,
 ) -> Layout:
-    """`is_special`: bool[vocab_size] lookup. `every_piece_a_word`: the subword scheme's units."""
-    if len(input_ids) != len(word_start):
-        raise ValueError(f"{len(input_ids)} input_ids arrays but {len(word_start)} word_start arrays")
-    B = len(input_ids)
+    """`is_special`: bool[vocab_size] lookup. `every_piece_a_word`: the subword scheme's units. Each
+    block's own shape was checked when it was built (`masking.block`); the ids' range is checked here."""
+    B = len(blocks)
+    input_ids = [b.input_ids for b in blocks]
     lengths = np.fromiter(map(len, input_ids), dtype=np.int64, count=B)
-    if not np.array_equal(lengths, np.fromiter(map(len, word_start), dtype=np.int64, count=B)):
-        bad = next(i for i in range(B) if len(word_start[i]) != lengths[i])
-        raise ValueError(
-            f"block {bad}: word_start has {len(word_start[bad])} entries, input_ids {lengths[bad]}"
-        )
     offsets = np.zeros(B + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     N = int(offsets[-1])
@@ -79,7 +75,7 @@ def build_layout(
     if every_piece_a_word:
         starts = np.ones(N, dtype=bool)
     else:
-        starts = np.concatenate(word_start).astype(bool) if B else np.zeros(0, bool)
+        starts = np.concatenate([b.word_start for b in blocks]).astype(bool) if B else np.zeros(0, bool)
         starts[offsets[:-1][lengths > 0]] = True
         starts |= special
         starts[1:] |= special[:-1]

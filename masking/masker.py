@@ -1,7 +1,7 @@
-"""`Masker`: the public entry point. A block goes in, a `MaskedBlock` (MLM + SBO targets) comes out.
+"""`Masker`: the public entry point. A `Block` goes in, a `MaskedBlock` (MLM + SBO targets) comes out.
 
 Coordinates are those of the bare block (no [CLS]/[SEP]). The per-block API runs the batch path on a
-batch of one, so both give identical results; (seed, epoch, block_index) alone decides a block's mask.
+batch of one, so both give identical results; (seed, epoch, block.block_index) alone decides a block's mask.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from masking import rng
+from masking.block import Block
 from masking.config import MaskingConfig, Scheme
 from masking.given import take_given_spans
 from masking.layout import Layout, build_layout
@@ -114,77 +115,28 @@ class Masker:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def mask_block(
-        self,
-        input_ids: np.ndarray,
-        word_start: np.ndarray,
-        *,
-        epoch: int,
-        block_index: int,
-        entity_spans: np.ndarray | None = None,
-        entity_labels: Sequence[str] | None = None,
-        noun_phrase_spans: np.ndarray | None = None,
-    ) -> MaskedBlock:
-        return self.mask_flat(
-            [input_ids],
-            [word_start],
-            epoch=epoch,
-            block_indices=[block_index],
-            entity_spans=None if entity_spans is None else [entity_spans],
-            entity_labels=None if entity_labels is None else [entity_labels],
-            noun_phrase_spans=None if noun_phrase_spans is None else [noun_phrase_spans],
-        ).blocks()[0]
+    def mask_block(self, block: Block, *, epoch: int) -> MaskedBlock:
+        return self.mask_flat([block], epoch=epoch).blocks()[0]
 
     def mask_batch(
-        self,
-        input_ids: Sequence[np.ndarray],
-        word_start: Sequence[np.ndarray],
-        *,
-        epoch: int,
-        block_indices: Sequence[int] | np.ndarray,
-        entity_spans: Sequence[np.ndarray | None] | None = None,
-        entity_labels: Sequence[Sequence[str] | None] | None = None,
-        noun_phrase_spans: Sequence[np.ndarray | None] | None = None,
-        sampled_lengths: SampledLengths | None = None,
+        self, blocks: Sequence[Block], *, epoch: int, sampled_lengths: SampledLengths | None = None
     ) -> list[MaskedBlock]:
-        """Mask many blocks at once; block i gets exactly what mask_block(..., block_index=block_indices[i]) gives."""
-        return self.mask_flat(
-            input_ids,
-            word_start,
-            epoch=epoch,
-            block_indices=block_indices,
-            entity_spans=entity_spans,
-            entity_labels=entity_labels,
-            noun_phrase_spans=noun_phrase_spans,
-            sampled_lengths=sampled_lengths,
-        ).blocks()
+        """Mask many blocks at once; block i gets exactly what mask_block(blocks[i], ...) gives."""
+        return self.mask_flat(blocks, epoch=epoch, sampled_lengths=sampled_lengths).blocks()
 
     def mask_flat(
-        self,
-        input_ids: Sequence[np.ndarray],
-        word_start: Sequence[np.ndarray],
-        *,
-        epoch: int,
-        block_indices: Sequence[int] | np.ndarray,
-        entity_spans: Sequence[np.ndarray | None] | None = None,
-        entity_labels: Sequence[Sequence[str] | None] | None = None,
-        noun_phrase_spans: Sequence[np.ndarray | None] | None = None,
-        sampled_lengths: SampledLengths | None = None,
+        self, blocks: Sequence[Block], *, epoch: int, sampled_lengths: SampledLengths | None = None
     ) -> MaskedBatch:
         """`mask_batch` without splitting into per-block objects (the fastest form for a collator)."""
         cfg = self.config
-        block_indices = np.asarray(block_indices, dtype=np.int64).reshape(-1)
-        if len(block_indices) != len(input_ids):
-            raise ValueError(f"{len(input_ids)} blocks but {len(block_indices)} block_indices")
-        if epoch < 0 or (block_indices < 0).any():
+        if epoch < 0:
             raise ValueError("epoch and block indices must be >= 0")
-        layout = build_layout(
-            input_ids, word_start, self.is_special, cfg.mask_ratio, every_piece_a_word=cfg.scheme is Scheme.SUBWORD
-        )
+        layout = build_layout(blocks, self.is_special, cfg.mask_ratio, every_piece_a_word=cfg.scheme is Scheme.SUBWORD)
+        block_indices = np.fromiter((b.block_index for b in blocks), dtype=np.int64, count=len(blocks))
         keys = rng.block_keys(cfg.seed, epoch, block_indices)
         sel = Selection.empty(layout)
         if cfg.spans_from_annotation:
-            given = self._given_spans(len(input_ids), entity_spans, entity_labels, noun_phrase_spans)
+            given = self._given_spans(blocks)
             if given is not None:
                 take_given_spans(layout, sel, *given, share=cfg.linguistic_share, keys=keys)
         sample_spans(layout, sel, self.length_cdf, keys, sampled_lengths)
@@ -192,30 +144,16 @@ class Masker:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _given_spans(
-        self,
-        n_blocks: int,
-        entity_spans: Sequence[np.ndarray | None] | None,
-        entity_labels: Sequence[Sequence[str] | None] | None,
-        noun_phrase_spans: Sequence[np.ndarray | None] | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def _given_spans(self, blocks: Sequence[Block]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Flat (block, start, end) of the spans the scheme samples from, numeric entities dropped."""
         named_entity = self.config.scheme is Scheme.NAMED_ENTITY
-        per_block = entity_spans if named_entity else noun_phrase_spans
-        if per_block is None:
-            return None
-        if len(per_block) != n_blocks:
-            raise ValueError(f"{n_blocks} blocks but spans for {len(per_block)}")
         parts, owners = [], []
-        for b, spans in enumerate(per_block):
-            if spans is None or len(spans) == 0:
+        for b, block in enumerate(blocks):
+            spans = block.entity_spans if named_entity else block.noun_phrase_spans
+            if not len(spans):
                 continue
-            spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
             if named_entity:
-                labels = None if entity_labels is None else entity_labels[b]
-                if labels is None or len(labels) != len(spans):
-                    raise ValueError(f"block {b}: {len(spans)} entity spans need as many entity_labels")
-                spans = spans[[lab not in self._excluded for lab in labels]]
+                spans = spans[[lab not in self._excluded for lab in block.entity_labels]]
             parts.append(spans)
             owners.append(np.full(len(spans), b, dtype=np.int64))
         if not parts:

@@ -22,15 +22,26 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from contract.tokenizer import Vocabulary
-from masking import KEEP, MASK, RANDOM, SCHEMES, MaskedBatch, Masker, MaskingConfig, SampledLengths, Scheme
-from masking.corpus import RejectedText, TextBlock
+from masking import (
+    KEEP,
+    MASK,
+    RANDOM,
+    SCHEMES,
+    Block,
+    MaskedBatch,
+    Masker,
+    MaskingConfig,
+    SampledLengths,
+    Scheme,
+)
+from masking.corpus import RejectedText
 from masking.sampler import GIVEN_SPAN_ID, span_length_pmf
 
 BATCH = 256
@@ -41,7 +52,7 @@ class Source:
     """What is masked: the blocks, their vocabulary, the unigram counts for random replacement, and the
     files rejected on the way (reported, never dropped silently)."""
 
-    blocks: list[TextBlock]
+    blocks: list[Block]
     vocab: Vocabulary
     unigram: np.ndarray
     rejected: list[RejectedText] = field(default_factory=list)
@@ -114,14 +125,14 @@ def _from_text(
     rejected: list[RejectedText] = []
     blocks, texts = text_blocks(tok, paths, max_blocks=n_blocks, encoding_fallback=encoding_fallback, rejected=rejected)
     if cfg.spans_from_annotation and blocks:
-        annotate(blocks, texts, load_nlp())
+        blocks = annotate(blocks, texts, load_nlp())
     vocab_size = tok.get_vocab_size()
     ids = [b.input_ids for b in blocks]
     unigram = np.bincount(np.concatenate(ids), minlength=vocab_size) if ids else np.ones(vocab_size)
     return Source(blocks, Vocabulary.of(tok, vocab), unigram, rejected)
 
 
-def entity_label_counts(blocks: Sequence[TextBlock], cfg: MaskingConfig) -> dict[str, Any]:
+def entity_label_counts(blocks: Sequence[Block], cfg: MaskingConfig) -> dict[str, Any]:
     """Entity spans per label over the distinct blocks, and which of those labels the scheme never samples."""
     counts = Counter(lab for b in blocks for lab in b.entity_labels)
     return {"entity_labels": dict(sorted(counts.items())),
@@ -135,7 +146,7 @@ def _from_shards(directory: Path, n_blocks: int, cfg: MaskingConfig) -> Source:
     column = cfg.scheme.span_column
     if column and (why := man.spans_unavailable(column)):  # not a silent fall-back to random words
         raise ValueError(f"{directory}: --scheme {cfg.scheme} reads {column}, but {why}; choose another scheme")
-    blocks: list[TextBlock] = []
+    blocks: list[Block] = []
     for index in range(len(man.shard_paths)):
         table = open_checked(man, index)  # checked against the manifest: a bad shard is named, not decoded
         cols = {
@@ -150,11 +161,10 @@ def _from_shards(directory: Path, n_blocks: int, cfg: MaskingConfig) -> Source:
             strict=True,
         ):
             blocks.append(
-                TextBlock(
+                Block(
                     np.asarray(ids, np.int32),
                     np.asarray(ws, bool),
-                    np.zeros((len(ids), 2), np.int64),
-                    doc=-1,
+                    len(blocks),
                     entity_spans=np.asarray([(e["start"], e["end"]) for e in ents], np.int64).reshape(-1, 2),
                     entity_labels=[e["label"] for e in ents],
                     noun_phrase_spans=np.asarray([(e["start"], e["end"]) for e in nps], np.int64).reshape(
@@ -170,7 +180,7 @@ def _from_shards(directory: Path, n_blocks: int, cfg: MaskingConfig) -> Source:
     return Source(blocks, man.vocabulary(), man.unigram_counts())
 
 
-def measure(masker: Masker, blocks: Sequence[TextBlock], n_blocks: int, epoch: int = 0) -> dict[str, Any]:
+def measure(masker: Masker, blocks: Sequence[Block], n_blocks: int, epoch: int = 0) -> dict[str, Any]:
     """Mask `n_blocks` blocks (cycling through `blocks`) and summarise."""
     rec = SampledLengths.new()
     pieces = masked = sbo = from_given = 0
@@ -179,17 +189,9 @@ def measure(masker: Masker, blocks: Sequence[TextBlock], n_blocks: int, epoch: i
     span_pieces: list[np.ndarray] = []
     for lo in range(0, n_blocks, BATCH):
         index = np.arange(lo, min(lo + BATCH, n_blocks))
-        tbs = [blocks[i % len(blocks)] for i in index]
-        mb = masker.mask_flat(
-            [t.input_ids for t in tbs],
-            [t.word_start for t in tbs],
-            epoch=epoch,
-            block_indices=index,
-            entity_spans=[t.entity_spans for t in tbs],
-            entity_labels=[t.entity_labels for t in tbs],
-            noun_phrase_spans=[t.noun_phrase_spans for t in tbs],
-            sampled_lengths=rec,
-        )
+        # Reused blocks get fresh block indices: another draw of their masks, as in a later epoch.
+        tbs = [replace(blocks[i % len(blocks)], block_index=int(i)) for i in index]
+        mb = masker.mask_flat(tbs, epoch=epoch, sampled_lengths=rec)
         pieces += len(mb.input_ids)
         masked += len(mb.mlm_positions)
         sbo += len(mb.sbo_positions)

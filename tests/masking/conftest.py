@@ -41,8 +41,7 @@ def real_blocks(wiki_blocks, book_blocks) -> list[TextBlock]:
 def annotated_blocks(tokenizer) -> list[TextBlock]:
     """A few Wikipedia blocks with spaCy entity mentions and noun chunks, aligned to pieces."""
     blocks, texts = text_blocks(tokenizer, [WIKI_EXTRACTED], max_blocks=10)
-    annotate(blocks, texts, load_nlp())
-    return blocks
+    return annotate(blocks, texts, load_nlp())
 
 
 @pytest.fixture(scope="session")

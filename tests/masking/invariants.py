@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
 import numpy as np
 
-from masking import KEEP, MASK, RANDOM, MaskedBlock
+from masking import KEEP, MASK, RANDOM, Block, MaskedBlock
+
+
+def keyed(blocks: Sequence[Block], indices: Iterable[int] | None = None) -> list[Block]:
+    """The blocks as the masker takes them, keyed by `indices` (default 0, 1, ...: their place in the list)."""
+    indices = range(len(blocks)) if indices is None else indices
+    return [replace(b, block_index=int(i)) for b, i in zip(blocks, indices, strict=True)]
 
 
 def words_of(input_ids: np.ndarray, word_start: np.ndarray, special: np.ndarray) -> np.ndarray:

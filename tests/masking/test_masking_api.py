@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from masking import SCHEMES, MaskedBlock, Masker, MaskingConfig
+from masking import SCHEMES, Block, MaskedBlock, Masker, MaskingConfig
 from masking.sampler import GIVEN_SPAN_ID
 from tests.conftest import GUTENBERG, REPO, VOCAB
-from tests.masking.invariants import MASKED_BLOCK_FIELDS
+from tests.masking.invariants import MASKED_BLOCK_FIELDS, keyed
 
 
 @pytest.mark.parametrize(
@@ -64,17 +64,15 @@ def test_masker_rejects_bad_inputs(make_masker, specials):
     ids = np.arange(1000, 1020, dtype=np.int32)
     ws = np.ones(20, bool)
     with pytest.raises(ValueError, match="word_start"):
-        masker.mask_block(ids, ws[:5], epoch=0, block_index=0)
+        masker.mask_block(Block(ids, ws[:5], 0), epoch=0)
     with pytest.raises(ValueError, match="input_ids"):
-        masker.mask_block(ids + 10**6, ws, epoch=0, block_index=0)
+        masker.mask_block(Block(ids + 10**6, ws, 0), epoch=0)
     with pytest.raises(ValueError, match="outside"):
-        masker.mask_block(
-            ids, ws, epoch=0, block_index=0, entity_spans=np.array([[15, 25]]), entity_labels=["ORG"]
-        )
+        masker.mask_block(Block(ids, ws, 0, entity_spans=np.array([[15, 25]]), entity_labels=["ORG"]), epoch=0)
     with pytest.raises(ValueError, match="entity_labels"):
-        masker.mask_block(ids, ws, epoch=0, block_index=0, entity_spans=np.array([[1, 3]]))
+        masker.mask_block(Block(ids, ws, 0, entity_spans=np.array([[1, 3]])), epoch=0)
     with pytest.raises(ValueError, match=">= 0"):
-        masker.mask_block(ids, ws, epoch=-1, block_index=0)
+        masker.mask_block(Block(ids, ws, 0), epoch=-1)
 
 
 def test_masked_block_fields_are_the_contract():
@@ -84,10 +82,10 @@ def test_masked_block_fields_are_the_contract():
 def test_edge_spans_get_targets_with_cls_and_sep_as_boundaries(make_masker):
     """A block of one word: its span touches both edges; boundaries are -1 ([CLS]) and n ([SEP])."""
     ids = np.array([1000], np.int32)
-    mb = make_masker().mask_block(ids, np.ones(1, bool), epoch=0, block_index=0)
+    mb = make_masker().mask_block(Block(ids, np.ones(1, bool), 0), epoch=0)
     assert mb.spans.tolist() == [[0, 1]]
     assert (mb.sbo_left.tolist(), mb.sbo_right.tolist(), mb.sbo_rel.tolist()) == ([-1], [1], [1])
-    off = make_masker(sbo_edge_spans=False).mask_block(ids, np.ones(1, bool), epoch=0, block_index=0)
+    off = make_masker(sbo_edge_spans=False).mask_block(Block(ids, np.ones(1, bool), 0), epoch=0)
     assert len(off.mlm_positions) == 1 and len(off.sbo_positions) == 0
 
 
@@ -131,11 +129,8 @@ def _reference(blocks, specials, n_blocks: int, seed: int, scheme: str = "geomet
                     mask_id=specials.mask, special_ids=specials.specials)
     special = np.zeros(specials.size, bool)
     special[list(specials.specials)] = True
-    tbs = [blocks[i % len(blocks)] for i in range(n_blocks)]
-    out = masker.mask_batch([t.input_ids for t in tbs], [t.word_start for t in tbs], epoch=epoch,
-                            block_indices=np.arange(n_blocks), entity_spans=[t.entity_spans for t in tbs],
-                            entity_labels=[t.entity_labels for t in tbs],
-                            noun_phrase_spans=[t.noun_phrase_spans for t in tbs])
+    tbs = keyed([blocks[i % len(blocks)] for i in range(n_blocks)])  # each with its entity and noun-phrase spans
+    out = masker.mask_batch(tbs, epoch=epoch)
     words, pieces = [], []
     for t, mb in zip(tbs, out, strict=True):
         starts = words_of(t.input_ids, t.word_start, special)
@@ -264,7 +259,7 @@ def test_stats_text_annotates_for_the_linguistic_schemes_only(monkeypatch, capsy
     r = json.loads(_stats(capsys, "--text", str(WIKI_EXTRACTED), "--scheme", "named_entity", "--blocks", "6",
                           "--seed", "4", "--json"))
     blocks, texts = text_blocks(tokenizer, [WIKI_EXTRACTED], max_blocks=6)
-    annotate(blocks, texts, _Matches(WIKI_ENTITIES, WIKI_CHUNKS))
+    blocks = annotate(blocks, texts, _Matches(WIKI_ENTITIES, WIKI_CHUNKS))
     ref = _reference(blocks, specials, 6, seed=4, scheme="named_entity")
     assert r["given_span_fraction"] == pytest.approx(ref["given_span_fraction"], rel=1e-12)
     assert r["masked_fraction"] == pytest.approx(ref["masked_fraction"], rel=1e-12) and loads == [1]
@@ -327,7 +322,7 @@ def test_stats_cli_reads_spans_from_shards(tmp_path, tokenizer, specials, capsys
     from tests.conftest import WIKI_EXTRACTED
 
     rows, texts = text_blocks(tokenizer, [WIKI_EXTRACTED], max_blocks=6)
-    annotate(rows, texts, _Matches(WIKI_ENTITIES, WIKI_CHUNKS))
+    rows = annotate(rows, texts, _Matches(WIKI_ENTITIES, WIKI_CHUNKS))
     assert min(len(t.entity_spans) for t in rows) > 10 and min(len(t.noun_phrase_spans) for t in rows) > 10
     assert any("DATE" in t.entity_labels for t in rows)
     table = pa.table(
@@ -403,8 +398,8 @@ def test_masker_pickles_for_dataloader_workers(wiki_blocks, make_masker):
     masker = make_masker("whole_word", seed=11)
     clone = pickle.loads(pickle.dumps(masker))
     t = wiki_blocks[3]
-    a = masker.mask_block(t.input_ids, t.word_start, epoch=0, block_index=3)
-    b = clone.mask_block(t.input_ids, t.word_start, epoch=0, block_index=3)
+    a = masker.mask_block(Block(t.input_ids, t.word_start, 3), epoch=0)
+    b = clone.mask_block(Block(t.input_ids, t.word_start, 3), epoch=0)
     np.testing.assert_array_equal(a.input_ids, b.input_ids)
 
 
@@ -415,13 +410,13 @@ def test_same_mask_in_another_process(tmp_path, wiki_blocks, make_masker, specia
     np.save(block, np.stack([t.input_ids, t.word_start.astype(np.int32)]))
     code = (
         "import numpy as np\n"
-        "from masking import Masker, MaskingConfig\n"
+        "from masking import Block, Masker, MaskingConfig\n"
         f"ids, ws = np.load({str(block)!r})\n"
         f"m = Masker(MaskingConfig(seed=4), vocab_size=28996, mask_id={specials.mask}, special_ids={list(specials.specials)})\n"
-        "print(m.mask_block(ids.astype(np.int32), ws.astype(bool), epoch=2, block_index=77).input_ids.tolist())\n"
+        "print(m.mask_block(Block(ids.astype(np.int32), ws.astype(bool), 77), epoch=2).input_ids.tolist())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)
-    here = make_masker(seed=4).mask_block(t.input_ids, t.word_start, epoch=2, block_index=77)
+    here = make_masker(seed=4).mask_block(Block(t.input_ids, t.word_start, 77), epoch=2)
     assert json.loads(out.stdout) == here.input_ids.tolist()
 
 
@@ -465,12 +460,12 @@ def check_b(mb) -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_given_entity_span_is_widened_to_whole_words_and_numeric_ones_are_skipped(make_masker, seed):
     masker = make_masker("named_entity", seed=seed)
-    mb = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4, entity_spans=SPANS_A, entity_labels=LABELS_A)
+    mb = masker.mask_block(Block(IDS_A, WS_A, 4, entity_spans=SPANS_A, entity_labels=LABELS_A), epoch=0)
     check_a(mb)
     # With only the numeric mention, nothing is given: the budget goes to random words alone.
-    only_date = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4, entity_spans=SPANS_A[1:], entity_labels=["DATE"])
+    only_date = masker.mask_block(Block(IDS_A, WS_A, 4, entity_spans=SPANS_A[1:], entity_labels=["DATE"]), epoch=0)
     assert given_positions(only_date) == {} and len(only_date.mlm_positions) == 5
-    none = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4)
+    none = masker.mask_block(Block(IDS_A, WS_A, 4), epoch=0)
     assert given_positions(none) == {} and len(none.mlm_positions) == 5
 
 
@@ -478,10 +473,10 @@ def test_given_entity_span_is_widened_to_whole_words_and_numeric_ones_are_skippe
 def test_given_noun_phrase_spans_need_no_labels(make_masker, seed):
     masker = make_masker("noun_phrase", seed=seed)
     # Entity spans are ignored by the noun-phrase scheme, and noun phrases carry no labels.
-    mb = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4, noun_phrase_spans=SPANS_A[:1],
-                           entity_spans=SPANS_A[1:], entity_labels=["PERSON"])
+    mb = masker.mask_block(Block(IDS_A, WS_A, 4, noun_phrase_spans=SPANS_A[:1], entity_spans=SPANS_A[1:],
+                                 entity_labels=["PERSON"]), epoch=0)
     check_a(mb)
-    b = masker.mask_block(IDS_B, WS_B, epoch=0, block_index=9, noun_phrase_spans=SPANS_B)
+    b = masker.mask_block(Block(IDS_B, WS_B, 9, noun_phrase_spans=SPANS_B), epoch=0)
     check_b(b)
 
 
@@ -499,8 +494,8 @@ def test_given_spans_outside_the_block_or_empty_are_refused_naming_the_first(mak
     masker = make_masker("noun_phrase")
     good = np.array([[0, 1]])
     with pytest.raises(ValueError) as err:
-        masker.mask_batch([IDS_A] * 4, [WS_A] * 4, epoch=0, block_indices=range(4),
-                          noun_phrase_spans=[good, good, np.array([bad]), np.array([[-5, 0]])])
+        spans = [good, good, np.array([bad]), np.array([[-5, 0]])]
+        masker.mask_batch([Block(IDS_A, WS_A, i, noun_phrase_spans=s) for i, s in enumerate(spans)], epoch=0)
     assert str(err.value) == (f"block 2: span {shown} is empty or outside its {len(IDS_A)} pieces; "
                               "spans are half-open piece offsets inside the bare block")
 
@@ -510,34 +505,30 @@ def test_given_spans_batch_hands_each_block_its_own(make_masker, scheme):
     """mask_batch / mask_flat over [A, nothing, B] equal the three blocks masked one at a time."""
     masker = make_masker(scheme, seed=5)
     ne = scheme == "named_entity"
-    spans = [SPANS_A, None, SPANS_B]
-    kw = {"entity_spans": spans, "entity_labels": [LABELS_A, None, LABELS_B]} if ne else {"noun_phrase_spans": spans}
-    ids, ws = [IDS_A, IDS_A, IDS_B], [WS_A, WS_A, WS_B]
-    batch = masker.mask_batch(ids, ws, epoch=1, block_indices=[4, 6, 9], **kw)
+    a = {"entity_spans": SPANS_A, "entity_labels": LABELS_A} if ne else {"noun_phrase_spans": SPANS_A}
+    b = {"entity_spans": SPANS_B, "entity_labels": LABELS_B} if ne else {"noun_phrase_spans": SPANS_B}
+    blocks = [Block(IDS_A, WS_A, 4, **a), Block(IDS_A, WS_A, 6), Block(IDS_B, WS_B, 9, **b)]
+    batch = masker.mask_batch(blocks, epoch=1)
     check_a(batch[0])
     assert given_positions(batch[1]) == {} and len(batch[1].mlm_positions) == 5
     check_b(batch[2])
-    for b, (block_index, mb) in enumerate(zip([4, 6, 9], batch, strict=True)):
-        one = {k: v[b] for k, v in kw.items()}
-        alone = masker.mask_block(ids[b], ws[b], epoch=1, block_index=block_index, **one)
+    for block, mb in zip(blocks, batch, strict=True):
+        alone = masker.mask_block(block, epoch=1)
         assert alone.mlm_positions.tolist() == mb.mlm_positions.tolist()
         assert alone.mlm_span.tolist() == mb.mlm_span.tolist()
         assert alone.input_ids.tolist() == mb.input_ids.tolist()
-    flat = masker.mask_flat(ids, ws, epoch=1, block_indices=[4, 6, 9], **kw)
+    flat = masker.mask_flat(blocks, epoch=1)
     assert flat.mlm_positions.tolist() == np.concatenate([mb.mlm_positions for mb in batch]).tolist()
 
 
 def test_given_spans_in_list_form_and_empty_span_arrays(make_masker):
     """Spans as plain lists are accepted; an empty array is no spans (not an error)."""
     masker = make_masker("named_entity", seed=3)
-    mb = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4, entity_spans=[[11, 13]], entity_labels=["PERSON"])
+    mb = masker.mask_block(Block(IDS_A, WS_A, 4, entity_spans=[[11, 13]], entity_labels=["PERSON"]), epoch=0)
     check_a(mb)
-    empty = masker.mask_block(IDS_A, WS_A, epoch=0, block_index=4, entity_spans=np.zeros((0, 2), np.int64),
-                              entity_labels=[])
+    empty = masker.mask_block(Block(IDS_A, WS_A, 4, entity_spans=np.zeros((0, 2), np.int64), entity_labels=[]),
+                              epoch=0)
     assert given_positions(empty) == {} and len(empty.mlm_positions) == 5
-    with pytest.raises(ValueError, match="1 blocks but spans for 2"):
-        masker.mask_flat([IDS_A], [WS_A], epoch=0, block_indices=[0], entity_spans=[SPANS_A, SPANS_A],
-                         entity_labels=[LABELS_A, LABELS_A])
 
 
 def _one_word_pieces(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -561,7 +552,7 @@ def _one_word_pieces(n: int) -> tuple[np.ndarray, np.ndarray]:
 def test_given_span_taken_by_its_midpoint_and_never_past_the_budget(make_masker, n, budget, share, span, taken):
     ids, ws = _one_word_pieces(n)
     mb = make_masker("noun_phrase", seed=1, linguistic_share=share).mask_block(
-        ids, ws, epoch=0, block_index=0, noun_phrase_spans=[span])
+        Block(ids, ws, 0, noun_phrase_spans=[span]), epoch=0)
     want = {p: GIVEN_SPAN_ID + span[0] for p in range(*span)} if taken else {}
     assert given_positions(mb) == want
     assert len(mb.mlm_positions) == budget  # the rest of the budget goes to random words
@@ -574,9 +565,9 @@ def test_given_spans_starting_together_keep_the_longer_and_adjacent_ones_are_bot
     overlap: both are kept, each its own span, in either shuffled order (1 <= 4, then 2 + 1 <= 4)."""
     ids, ws = _one_word_pieces(20)
     masker = make_masker("noun_phrase", seed=seed)
-    same_start = masker.mask_block(ids, ws, epoch=0, block_index=0, noun_phrase_spans=[[0, 1], [0, 2]])
+    same_start = masker.mask_block(Block(ids, ws, 0, noun_phrase_spans=[[0, 1], [0, 2]]), epoch=0)
     assert given_positions(same_start) == {0: GIVEN_SPAN_ID, 1: GIVEN_SPAN_ID}
-    adjacent = masker.mask_block(ids, ws, epoch=0, block_index=0, noun_phrase_spans=[[6, 7], [5, 6]])
+    adjacent = masker.mask_block(Block(ids, ws, 0, noun_phrase_spans=[[6, 7], [5, 6]]), epoch=0)
     assert given_positions(adjacent) == {5: GIVEN_SPAN_ID + 5, 6: GIVEN_SPAN_ID + 6}
 
 
@@ -620,14 +611,12 @@ def test_masker_and_replacer_validate_what_they_are_given():
         with pytest.raises(ValueError) as err:
             masker(unigram_counts=bad)
         assert str(err.value) == message
-    with pytest.raises(ValueError, match=r"^2 blocks but 1 block_indices$"):
-        masker().mask_flat([np.arange(5, 9)] * 2, [np.ones(4, bool)] * 2, epoch=0, block_indices=[0])
     with pytest.raises(ValueError, match=r"^epoch and block indices must be >= 0$"):
-        masker().mask_flat([np.arange(5, 9)], [np.ones(4, bool)], epoch=0, block_indices=[-1])
+        masker().mask_flat([Block(np.arange(5, 9), np.ones(4, bool), -1)], epoch=0)
     # One id with weight 1 (a total weight of 1) is a valid distribution: every random token is that id.
     one = Masker(MaskingConfig(mask_prob=0.0, random_prob=1.0), vocab_size=50, mask_id=3, special_ids=(0, 1, 2),
                  unigram_counts=np.where(np.arange(50) == 7, 1.0, 0.0))
-    mb = one.mask_block(np.arange(10, 50, dtype=np.int32), np.ones(40, bool), epoch=0, block_index=0)
+    mb = one.mask_block(Block(np.arange(10, 50, dtype=np.int32), np.ones(40, bool), 0), epoch=0)
     assert len(mb.mlm_positions) == 6 and (mb.input_ids[mb.mlm_positions] == 7).all()
 
 
@@ -636,9 +625,7 @@ def test_output_ids_follow_each_positions_replacement(wiki_blocks, make_masker, 
     every other position untouched; every array int32 (MaskedBlock's contract)."""
     from masking import KEEP, MASK, RANDOM
 
-    out = make_masker("geometric", seed=2).mask_batch([t.input_ids for t in wiki_blocks[:30]],
-                                                      [t.word_start for t in wiki_blocks[:30]], epoch=0,
-                                                      block_indices=np.arange(30))
+    out = make_masker("geometric", seed=2).mask_batch(keyed(wiki_blocks[:30]), epoch=0)
     special = np.zeros(28996, bool)
     special[list(specials.specials)] = True
     seen = set()
@@ -660,7 +647,7 @@ def test_a_block_of_special_pieces_gets_no_targets(make_masker, specials):
     """Last in its batch, a block with nothing maskable has empty MLM / SBO / span rows (its CSR offsets
     still close the batch)."""
     ids = [np.arange(1000, 1020, dtype=np.int32), np.array([specials.cls, specials.sep], np.int32)]
-    a, b = make_masker().mask_batch(ids, [np.ones(20, bool), np.ones(2, bool)], epoch=0, block_indices=[0, 1])
+    a, b = make_masker().mask_batch([Block(ids[0], np.ones(20, bool), 0), Block(ids[1], np.ones(2, bool), 1)], epoch=0)
     assert len(a.mlm_positions) == 3 and len(a.sbo_positions) == 3
     assert len(b.mlm_positions) == len(b.sbo_positions) == len(b.spans) == 0
     assert b.input_ids.tolist() == ids[1].tolist()
@@ -698,15 +685,13 @@ def test_seed_is_a_64_bit_unsigned_int():
 def test_an_empty_batch_and_the_default_word_units(make_masker):
     from masking.layout import build_layout
 
-    assert make_masker().mask_batch([], [], epoch=0, block_indices=[]) == []
-    flat = make_masker().mask_flat([], [], epoch=0, block_indices=[])
+    assert make_masker().mask_batch([], epoch=0) == []
+    flat = make_masker().mask_flat([], epoch=0)
     assert len(flat) == 0 and flat.input_ids.dtype == np.int32 and len(flat.input_ids) == 0
     # Without every_piece_a_word, words come from word_start: [1000 ##1001 1002] is 2 words of 2 and 1 pieces.
     special = np.zeros(2000, bool)
-    layout = build_layout([np.array([1000, 1001, 1002])], [np.array([1, 0, 1], bool)], special, 0.15)
+    layout = build_layout([Block(np.array([1000, 1001, 1002]), np.array([1, 0, 1], bool), 0)], special, 0.15)
     assert layout.word_len.tolist() == [2, 1]
-    with pytest.raises(ValueError, match=r"^1 input_ids arrays but 2 word_start arrays$"):
-        build_layout([np.array([1000])], [np.ones(1, bool)] * 2, special, 0.15)
 
 
 def test_empty_blocks_anywhere_in_a_batch_mask_as_they_do_alone(make_masker, real_blocks):
@@ -717,9 +702,10 @@ def test_empty_blocks_anywhere_in_a_batch_mask_as_they_do_alone(make_masker, rea
     tbs = real_blocks[:2]
     ids = [empty_ids, tbs[0].input_ids, empty_ids, tbs[1].input_ids, empty_ids]
     ws = [empty_ws, tbs[0].word_start, empty_ws, tbs[1].word_start, empty_ws]
-    batch = masker.mask_batch(ids, ws, epoch=1, block_indices=range(5))
+    blocks = [Block(i, w, k) for k, (i, w) in enumerate(zip(ids, ws, strict=True))]
+    batch = masker.mask_batch(blocks, epoch=1)
     for k in range(5):
-        one = masker.mask_block(ids[k], ws[k], epoch=1, block_index=k)
+        one = masker.mask_block(blocks[k], epoch=1)
         for f in fields(MaskedBlock):
             np.testing.assert_array_equal(getattr(batch[k], f.name), getattr(one, f.name), err_msg=f"{k} {f.name}")
     assert [len(batch[k].mlm_positions) for k in (0, 2, 4)] == [0, 0, 0]
@@ -743,15 +729,15 @@ def test_layout_words_and_budgets_hand_worked():
     ]
     starts = [np.array([1, 1, 0, 0, 1], bool), np.ones(3, bool), np.zeros(1, bool), np.ones(20, bool),
               np.ones(2, bool), np.ones(20, bool)]
-    layout = build_layout(blocks, starts, special, 0.15)
+    layout = build_layout([Block(b, s, i) for i, (b, s) in enumerate(zip(blocks, starts, strict=True))], special, 0.15)
     assert layout.budget.tolist() == [1, 1, 1, 3, 0, 3] and layout.budget.dtype == np.int64
     # [CLS] | 1000 ##1001 ##1002 | [SEP] || 1020 | 1021 | 1022 || 1003
     assert layout.word_len[:7].tolist() == [1, 3, 1, 1, 1, 1, 1]
     assert layout.n_candidates.tolist() == [1, 3, 1, 17, 0, 20]
     # Ids must index is_special: 0 ([PAD]) is an id; len(is_special) is not.
-    build_layout([np.array([0, 1000])], [np.ones(2, bool)], special, 0.15)
+    build_layout([Block(np.array([0, 1000]), np.ones(2, bool), 0)], special, 0.15)
     with pytest.raises(ValueError, match="input_ids must lie in"):
-        build_layout([np.array([1000, 2000])], [np.ones(2, bool)], special, 0.15)
+        build_layout([Block(np.array([1000, 2000]), np.ones(2, bool), 0)], special, 0.15)
 
 
 # -- masking.corpus: text -> blocks -> spans, hand-worked -------------------------------------------------
@@ -832,7 +818,7 @@ def test_corpus_annotate_keeps_the_spans_inside_each_block_as_pieces(tmp_path, t
     blocks, texts = text_blocks(tokenizer, [path], max_pieces=3)  # "Bob | Smith", "The Queen | of Hearts"
     entities = {"Alice": "PERSON", "Bob Smith": "PERSON", "Paris": "GPE", "Queen of Hearts": "PERSON", "Bob": "PERSON"}
     chunks = ("The Queen of Hearts", "Bob Smith", "home")
-    annotate(blocks, texts, _Matches({re.escape(k): v for k, v in entities.items()}, tuple(map(re.escape, chunks))))
+    blocks = annotate(blocks, texts, _Matches({re.escape(k): v for k, v in entities.items()}, tuple(map(re.escape, chunks))))
     text = texts[0]
 
     def inside(block, strings) -> set:
@@ -865,7 +851,7 @@ def test_corpus_annotate_hands_over_exactly_the_lines_the_blocks_cover(tmp_path,
     b.write_text("\nRed Queen and White Knight.\n")  # a document starting with an empty line
     blocks, texts = text_blocks(tokenizer, [a, b], max_pieces=3)  # blocks such as ".\nThe Queen": across lines
     doc_a = [t for t in blocks if t.doc == 0]
-    empty = TextBlock(np.zeros(0, np.int32), np.zeros(0, bool), np.zeros((0, 2), np.int64), doc=0)
+    empty = TextBlock(np.zeros(0, np.int32), np.zeros(0, bool), 0, char_offsets=np.zeros((0, 2), np.int64), doc=0)
 
     def line(char: int) -> int:
         return texts[0].count("\n", 0, char)
@@ -1056,7 +1042,8 @@ def test_stats_measure_at_epoch_0_and_of_blocks_with_nothing_to_mask(specials, m
     blocks, _ = text_blocks(tokenizer, [GUTENBERG / "blake-poems.txt"], max_blocks=20)
     r = measure(make_masker(seed=5), blocks, 20)  # the epoch left to its default: the first
     assert r["spans_per_block"] == pytest.approx(_reference(blocks, specials, 20, seed=5)["spans_per_block"], rel=1e-12)
-    only_specials = TextBlock(np.full(8, specials.unk, np.int32), np.ones(8, bool), np.zeros((8, 2), np.int64), doc=0)
+    only_specials = TextBlock(np.full(8, specials.unk, np.int32), np.ones(8, bool), 0,
+                              char_offsets=np.zeros((8, 2), np.int64), doc=0)
     r = measure(make_masker(), [only_specials], 3)
     assert (r["pieces"], r["masked_fraction"], r["spans_per_block"], r["sbo_targets_fraction"]) == (24, 0.0, 0.0, 0.0)
     assert (r["mean_span_words"], r["mean_span_pieces"], r["mean_sampled_span_words"]) == (0.0, 0.0, 0.0)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from masking import SCHEMES, MaskingConfig
-from tests.masking.invariants import check_block
+from masking import SCHEMES, Block, MaskingConfig
+from tests.masking.invariants import check_block, keyed
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -45,15 +47,8 @@ def blocks(draw, real_blocks, annotated_blocks, specials):
 
 def _mask(make_masker, scheme, ids, ws, ents, labels, nps, epoch=0, block_index=0, **kw):
     masker = make_masker(scheme, **kw)
-    return masker, masker.mask_block(
-        ids,
-        ws,
-        epoch=epoch,
-        block_index=block_index,
-        entity_spans=ents,
-        entity_labels=labels,
-        noun_phrase_spans=nps,
-    )
+    block = Block(ids, ws, block_index, entity_spans=ents, entity_labels=labels, noun_phrase_spans=nps)
+    return masker, masker.mask_block(block, epoch=epoch)
 
 
 def _special(tokenizer, specials):
@@ -131,25 +126,10 @@ def test_batch_equals_per_block(data, real_blocks, annotated_blocks, make_masker
         st.lists(st.integers(0, 10**9), min_size=len(picks), max_size=len(picks), unique=True)
     )
     masker = make_masker(scheme, seed=7)
-    tbs = [pool[i] for i in picks]
-    kw = dict(
-        entity_spans=[t.entity_spans for t in tbs],
-        entity_labels=[t.entity_labels for t in tbs],
-        noun_phrase_spans=[t.noun_phrase_spans for t in tbs],
-    )
-    batch = masker.mask_batch(
-        [t.input_ids for t in tbs], [t.word_start for t in tbs], epoch=2, block_indices=indices, **kw
-    )
-    for k, (t, index) in enumerate(zip(tbs, indices, strict=True)):
-        one = masker.mask_block(
-            t.input_ids,
-            t.word_start,
-            epoch=2,
-            block_index=index,
-            entity_spans=t.entity_spans,
-            entity_labels=t.entity_labels,
-            noun_phrase_spans=t.noun_phrase_spans,
-        )
+    tbs = keyed([pool[i] for i in picks], indices)  # each with its entity and noun-phrase spans
+    batch = masker.mask_batch(tbs, epoch=2)
+    for k, t in enumerate(tbs):
+        one = masker.mask_block(t, epoch=2)
         for f in one.__dataclass_fields__:
             np.testing.assert_array_equal(getattr(batch[k], f), getattr(one, f), err_msg=f)
 
@@ -157,10 +137,10 @@ def test_batch_equals_per_block(data, real_blocks, annotated_blocks, make_masker
 def test_padding_only_and_special_only_blocks(make_masker, specials):
     masker = make_masker()
     pad = np.full(30, specials.pad, np.int32)
-    mb = masker.mask_block(pad, np.ones(30, bool), epoch=0, block_index=0)
+    mb = masker.mask_block(Block(pad, np.ones(30, bool), 0), epoch=0)
     assert len(mb.mlm_positions) == 0 and len(mb.spans) == 0
     np.testing.assert_array_equal(mb.input_ids, pad)
-    empty = masker.mask_block(np.zeros(0, np.int32), np.zeros(0, bool), epoch=0, block_index=1)
+    empty = masker.mask_block(Block(np.zeros(0, np.int32), np.zeros(0, bool), 1), epoch=0)
     assert empty.input_ids.shape == (0,) and empty.spans.shape == (0, 2)
 
 
@@ -171,14 +151,7 @@ def test_given_spans_are_taken_whole(annotated_blocks, make_masker):
     masker = make_masker("named_entity")
     excluded = set(MaskingConfig().excluded_entity_labels)
     for i, tb in enumerate(annotated_blocks):
-        mb = masker.mask_block(
-            tb.input_ids,
-            tb.word_start,
-            epoch=0,
-            block_index=i,
-            entity_spans=tb.entity_spans,
-            entity_labels=tb.entity_labels,
-        )
+        mb = masker.mask_block(replace(tb, block_index=i), epoch=0)  # with its entity spans
         from_given = set(mb.mlm_positions[mb.mlm_span >= GIVEN_SPAN_ID].tolist())
         allowed = set()
         for (s, e), lab in zip(tb.entity_spans, tb.entity_labels, strict=True):

@@ -21,7 +21,7 @@ import pytest
 
 from masking import KEEP, MASK, RANDOM
 from masking.sampler import GIVEN_SPAN_ID
-from tests.masking.invariants import words_of
+from tests.masking.invariants import keyed, words_of
 
 PAPER_P = [0.2 * 0.8 ** (k - 1) for k in range(1, 11)]
 PAPER_P = [p / sum(PAPER_P) for p in PAPER_P]  # truncated to 1..10 and renormalised (GUIDE §1)
@@ -146,8 +146,7 @@ def realised(blocks, out, special: np.ndarray, subword: bool = False) -> Realise
 def mask_epochs(masker, blocks, epochs: int, **kw):
     out = []
     for e in range(epochs):
-        out += masker.mask_batch([t.input_ids for t in blocks], [t.word_start for t in blocks], epoch=e,
-                                 block_indices=np.arange(len(blocks)), **kw)
+        out += masker.mask_batch(keyed(blocks), epoch=e, **kw)
     return out
 
 
@@ -300,8 +299,7 @@ def widened(spans: np.ndarray, starts: np.ndarray) -> list[tuple[int, int]]:
 def test_linguistic_schemes_take_their_share_from_given_spans_whole(scheme, annotated_blocks, make_masker, special):
     epochs = 20
     tbs = annotated_blocks
-    out = mask_epochs(make_masker(scheme), tbs, epochs, entity_spans=[t.entity_spans for t in tbs],
-                      entity_labels=[t.entity_labels for t in tbs], noun_phrase_spans=[t.noun_phrase_spans for t in tbs])
+    out = mask_epochs(make_masker(scheme), tbs, epochs)  # the blocks carry their entity and noun-phrase spans
     numeric = {"DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL"}
     taken = expected = masked = 0
     for t, mb in zip(tbs * epochs, out, strict=True):

@@ -13,7 +13,7 @@ from bisect import bisect_right
 import numpy as np
 import pytest
 
-from masking import rng
+from masking import Block, rng
 from masking.layout import build_layout
 from masking.sampler import ANCHOR_TRIES, SampledLengths, Selection, pmf_to_cdf, sample_spans, span_length_pmf
 
@@ -84,7 +84,7 @@ def batch(real_blocks, tokenizer, specials):
     special = np.zeros(tokenizer.get_vocab_size(), bool)
     special[list(specials.specials)] = True
     blocks = real_blocks[:120]
-    layout = build_layout([b.input_ids for b in blocks], [b.word_start for b in blocks], special, 0.15)
+    layout = build_layout(blocks, special, 0.15)
     keys = rng.block_keys(5, 1, np.arange(len(blocks)))
     return layout, keys
 
@@ -131,7 +131,7 @@ def test_short_blocks_alone_equal_the_sequential_loop(real_blocks, tokenizer, sp
     cdf = pmf_to_cdf(span_length_pmf(0.2, 10))
     last_word_masked = 0
     for i, b in enumerate(real_blocks[:60]):
-        layout = build_layout([b.input_ids[:16]], [b.word_start[:16]], special, 0.15)
+        layout = build_layout([Block(b.input_ids[:16], b.word_start[:16], i)], special, 0.15)
         keys = rng.block_keys(9, 0, np.array([i]))
         for ell_cdf, loop in ((cdf, sequential_spans), (np.ones(1), sequential_words)):
             sel = Selection.empty(layout)
@@ -151,7 +151,7 @@ def test_nearly_all_masked_tiny_blocks_equal_the_sequential_loop(real_blocks, to
     special[list(specials.specials)] = True
     cdf = pmf_to_cdf(span_length_pmf(0.2, 10))
     blocks = real_blocks[:80]
-    layout = build_layout([b.input_ids[:6] for b in blocks], [b.word_start[:6] for b in blocks], special, 0.9)
+    layout = build_layout([Block(b.input_ids[:6], b.word_start[:6], i) for i, b in enumerate(blocks)], special, 0.9)
     keys = rng.block_keys(2, 3, np.arange(len(blocks)))
     skeys = rng.stream_keys(keys, rng.SPAN)
     for ell_cdf in (cdf, np.ones(1)):
@@ -176,10 +176,11 @@ def test_a_budget_of_every_word_masks_every_word(make_masker, scheme):
     masker = make_masker(scheme, mask_ratio=0.95, seed=7)
     sizes = [n for n in range(2, 11) for _ in range(40)]
     ids = [np.arange(1000, 1000 + n, dtype=np.int32) for n in sizes]
-    out = masker.mask_batch(ids, [np.ones(n, bool) for n in sizes], epoch=0, block_indices=np.arange(len(sizes)))
+    blocks = [Block(ids[i], np.ones(n, bool), i) for i, n in enumerate(sizes)]
+    out = masker.mask_batch(blocks, epoch=0)
     for n, mb in zip(sizes, out, strict=True):
         assert mb.mlm_positions.tolist() == list(range(n)), (n, mb.mlm_positions)
-    alone = [masker.mask_block(ids[i], np.ones(sizes[i], bool), epoch=0, block_index=i) for i in range(0, len(sizes), 7)]
+    alone = [masker.mask_block(blocks[i], epoch=0) for i in range(0, len(sizes), 7)]
     assert all(mb.mlm_positions.tolist() == list(range(len(mb.input_ids))) for mb in alone)
 
 
@@ -191,7 +192,7 @@ def test_each_block_counts_its_own_free_words(make_masker, scheme):
     masker = make_masker(scheme, mask_ratio=0.95, seed=1)
     ids, ws = [np.arange(1000, 1003, dtype=np.int32), np.array([2000], np.int32)], [np.ones(3, bool), np.ones(1, bool)]
     for i in range(100):
-        a, b = masker.mask_batch(ids, ws, epoch=0, block_indices=[2 * i, 2 * i + 1])
+        a, b = masker.mask_batch([Block(ids[0], ws[0], 2 * i), Block(ids[1], ws[1], 2 * i + 1)], epoch=0)
         assert a.mlm_positions.tolist() == [0, 1, 2] and b.mlm_positions.tolist() == [0], i
 
 # -- masking.rng: SplitMix64 against a plain-integer re-computation ---------------------------------

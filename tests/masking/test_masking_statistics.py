@@ -7,6 +7,7 @@ import pytest
 
 from masking import KEEP, MASK, RANDOM, SampledLengths, span_length_pmf
 from masking.sampler import GIVEN_SPAN_ID
+from tests.masking.invariants import keyed
 
 # The paper's P(ℓ) (p = 0.2 truncated to 1..10 and renormalised) as printed in GUIDE §1, and its mean.
 PAPER_P = np.array([0.2241, 0.1792, 0.1434, 0.1147, 0.0918, 0.0734, 0.0587, 0.0470, 0.0376, 0.0301])
@@ -16,13 +17,7 @@ PAPER_MEAN = 3.797
 def _mask_epochs(masker, tbs, epochs, **kw):
     out = []
     for e in range(epochs):
-        out += masker.mask_batch(
-            [t.input_ids for t in tbs],
-            [t.word_start for t in tbs],
-            epoch=e,
-            block_indices=np.arange(len(tbs)),
-            **kw,
-        )
+        out += masker.mask_batch(keyed(tbs), epoch=e, **kw)
     return out
 
 
@@ -66,14 +61,7 @@ def test_masked_fraction_and_replacement(scheme, real_blocks, make_masker):
 @pytest.mark.parametrize("scheme", ["named_entity", "noun_phrase"])
 def test_linguistic_schemes_take_half_from_given_spans(scheme, annotated_blocks, make_masker):
     tbs = annotated_blocks
-    out = _mask_epochs(
-        make_masker(scheme),
-        tbs,
-        40,
-        entity_spans=[t.entity_spans for t in tbs],
-        entity_labels=[t.entity_labels for t in tbs],
-        noun_phrase_spans=[t.noun_phrase_spans for t in tbs],
-    )
+    out = _mask_epochs(make_masker(scheme), tbs, 40)  # the blocks carry their entity and noun-phrase spans
     masked = sum(len(b.mlm_positions) for b in out)
     from_given = sum(int((b.mlm_span >= GIVEN_SPAN_ID).sum()) for b in out)
     pieces = 40 * sum(len(t.input_ids) for t in tbs)

@@ -140,7 +140,7 @@ def test_pair_mode_keeps_entity_spans_aligned(shard_dir):
     checked = 0
     for row in range(40):
         part = stream.bare_block(0, row)
-        spans, labels, n = part.spans.entities, part.spans.entity_labels, len(part.ids)
+        spans, labels, n = part.entity_spans, part.entity_labels, len(part.input_ids)
         assert len(spans) == len(labels) and ((spans[:, 0] >= 0) & (spans[:, 1] <= n)).all()
         assert not ((spans[:, 0] < part.a_len) & (spans[:, 1] > part.a_len)).any()  # none across the A/B cut
         if part.nsp == IS_NEXT:  # A + B is the block's prefix: same spans, same tokens

@@ -1,9 +1,10 @@
-"""Collation: bare blocks -> masked (one vectorised masker call) -> sequences with their special tokens ->
+"""Collation: bare blocks (masking.Block) -> masked (one vectorised masker call) -> sequences with their special tokens ->
 one padded batch of tensors, the `Batch` the model takes."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -11,10 +12,9 @@ import numpy as np
 import torch
 
 from contract.tokenizer import Vocabulary
-from masking import MaskedBlock, Masker
+from masking import Block, MaskedBlock, Masker
 from trainer.config import DataConfig, Objective
 from trainer.data.plan import round_up
-from trainer.data.shards import Spans
 
 
 def num_specials(objective: Objective) -> int:
@@ -45,15 +45,12 @@ class Batch(TypedDict, total=False):
     epoch: torch.Tensor  # [B] the epoch the rows were planned in (BlockStream)
 
 
-@dataclass(frozen=True)
-class BareBlock:
-    """What the masker sees: a block, or pair mode's A + B, without special tokens."""
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PairBlock(Block):
+    """Objective mlm+nsp: A + B as one masker block (bare: the collator adds [CLS] A [SEP] B [SEP])."""
 
-    ids: np.ndarray  # int32 pieces
-    word_start: np.ndarray  # bool, same length
-    spans: Spans = Spans()  # what the scheme reads (named_entity / noun_phrase), inside ids
-    a_len: int | None = None  # pair mode: A = ids[:a_len], B = ids[a_len:]
-    nsp: int | None = None  # pair mode: IS_NEXT / NOT_NEXT
+    a_len: int  # A = input_ids[:a_len], B = input_ids[a_len:]
+    nsp: int  # IS_NEXT / NOT_NEXT
 
 
 @dataclass(frozen=True)
@@ -71,10 +68,10 @@ class FullSequence:
     sbo_labels: np.ndarray | None = None
 
 
-def with_specials(block: BareBlock, mb: MaskedBlock, v: Vocabulary) -> FullSequence:
-    """Bare-block coordinates -> full sequence. Single: [CLS] x [SEP], every position +1. Pair:
+def with_specials(block: Block, mb: MaskedBlock, v: Vocabulary) -> FullSequence:
+    """Bare-block coordinates -> full sequence. Single: [CLS] x [SEP], every position +1. Pair (a PairBlock):
     [CLS] A [SEP] B [SEP], positions in A +1, in B +2."""
-    if block.a_len is None:
+    if not isinstance(block, PairBlock):
         return FullSequence(
             np.concatenate([[v.cls], mb.input_ids, [v.sep]]), mb.mlm_positions + 1, mb.mlm_labels,
             sbo_left=mb.sbo_left + 1, sbo_right=mb.sbo_right + 1, sbo_rel=mb.sbo_rel, sbo_labels=mb.sbo_labels,
@@ -85,17 +82,12 @@ def with_specials(block: BareBlock, mb: MaskedBlock, v: Vocabulary) -> FullSeque
     return FullSequence(ids, pos, mb.mlm_labels, b_start=a + 2)
 
 
-def collate_blocks(blocks: list[BareBlock], masker: Masker, vocab: Vocabulary, cfg: DataConfig, max_len: int,
-                   epoch: int, rows: np.ndarray, objective: Objective = Objective.MLM_SBO) -> Batch:
-    """Bare blocks (rows: their global ids, which key the masks) -> one padded batch, masked in one vectorised
-    masker call, with the targets of `objective`'s heads. `row_ids` / `epoch` are the stream's to add."""
-    spans = [b.spans for b in blocks]
-    masked = masker.mask_batch(
-        [b.ids for b in blocks], [b.word_start for b in blocks], epoch=epoch, block_indices=rows,
-        entity_spans=None if spans[0].entities is None else [s.entities for s in spans],
-        entity_labels=None if spans[0].entity_labels is None else [s.entity_labels for s in spans],
-        noun_phrase_spans=None if spans[0].noun_phrases is None else [s.noun_phrases for s in spans],
-    )
+def collate_blocks(blocks: Sequence[Block], masker: Masker, vocab: Vocabulary, cfg: DataConfig, max_len: int,
+                   epoch: int, objective: Objective = Objective.MLM_SBO) -> Batch:
+    """Bare blocks (PairBlocks for objective mlm+nsp; their block_index, the global row id, keys the masks) ->
+    one padded batch, masked in one vectorised masker call, with the targets of `objective`'s heads.
+    `row_ids` / `epoch` are the stream's to add."""
+    masked = masker.mask_batch(blocks, epoch=epoch)
     seqs = [with_specials(b, mb, vocab) for b, mb in zip(blocks, masked, strict=True)]
     b = len(seqs)
     seq_len = min(round_up(max(len(s.ids) for s in seqs), cfg.pad_to_multiple), max_len)

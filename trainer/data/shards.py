@@ -4,33 +4,13 @@ and the held-out split (`split_rows`)."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from contract.schema import Manifest, ShardError, open_checked, read_manifest
-from masking import Scheme
-
-
-@dataclass(frozen=True)
-class Spans:
-    """The annotation spans one masking scheme reads, (k, 2) int32 half-open piece offsets in bare-block
-    coordinates; None where the scheme reads no such column (what masking's mask_batch takes as None)."""
-
-    entities: np.ndarray | None = None
-    entity_labels: list[str] | None = None  # one per entity span
-    noun_phrases: np.ndarray | None = None
-
-    def then(self, other: Spans) -> Spans:
-        """These spans followed by `other`'s (pair mode: A's, then B's already moved behind A)."""
-
-        def cat(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None or b is None else np.concatenate([a, b])
-
-        labels = None if self.entity_labels is None or other.entity_labels is None else self.entity_labels + other.entity_labels
-        return Spans(cat(self.entities, other.entities), labels, cat(self.noun_phrases, other.noun_phrases))
+from masking import Block, Scheme
 
 
 class ShardSet:
@@ -108,17 +88,22 @@ class ShardSet:
         labels = structs.field("label").to_pylist() if column == "entity_spans" else None
         return se.reshape(-1, 2), labels
 
-    def scheme_spans(self, row: int, scheme: Scheme, lo: int, hi: int, shift: int = 0) -> Spans:
-        """The row's spans that masking `scheme` reads and that lie wholly inside [lo, hi), moved by `shift`."""
+    def block(self, row: int, scheme: Scheme, lo: int = 0, hi: int | None = None) -> Block:
+        """Pieces [lo, hi) of row `row` (all of it by default) as the masker's input, keyed by the row id, with
+        the annotation spans masking `scheme` reads that lie wholly inside, in the slice's coordinates."""
+        ids, word_start = self.ids(row)
+        if lo or hi is not None:
+            ids, word_start = ids[lo:hi], word_start[lo:hi]
         column = Scheme(scheme).span_column
         if column is None:
-            return Spans()
+            return Block(ids, word_start, row)
         spans, labels = self.spans(row, column)
-        keep = (spans[:, 0] >= lo) & (spans[:, 1] <= hi)
-        spans = spans[keep] + shift
+        keep = (spans[:, 0] >= lo) & (spans[:, 1] <= lo + len(ids))
+        spans = spans[keep] - lo
         if labels is None:
-            return Spans(noun_phrases=spans)
-        return Spans(entities=spans, entity_labels=[t for t, k in zip(labels, keep, strict=True) if k])
+            return Block(ids, word_start, row, noun_phrase_spans=spans)
+        return Block(ids, word_start, row, entity_spans=spans,
+                     entity_labels=[t for t, k in zip(labels, keep, strict=True) if k])
 
     def doc_id(self, row: int) -> str:
         c, i = self._locate(row)

@@ -30,9 +30,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from contract.tokenizer import Vocabulary
-from masking import Masker, MaskingConfig
+from masking import Block, Masker, MaskingConfig
 from trainer.config import DataConfig, Objective, Phase
-from trainer.data.collate import BareBlock, Batch, collate_blocks, num_specials
+from trainer.data.collate import Batch, collate_blocks, num_specials
 from trainer.data.pairs import pair_block
 from trainer.data.phases import SubBlocks
 from trainer.data.plan import BatchPlan
@@ -131,26 +131,25 @@ class BlockStream(IterableDataset):
             blocks, keys, max_len = [self.bare_block(epoch, int(r)) for r in rows], rows, self.max_len
         else:
             blocks, keys, max_len = [self.sub_block(subs, int(i)) for i in rows], subs.keys(rows), phase.max_len
-        batch = collate_blocks(blocks, self.masker, self.vocab, self.cfg, max_len, epoch, keys, self.objective)
+        batch = collate_blocks(blocks, self.masker, self.vocab, self.cfg, max_len, epoch, self.objective)
         batch["row_ids"] = torch.from_numpy(keys.astype(np.int64))
         batch["epoch"] = torch.full((len(rows),), epoch, dtype=torch.int64)
         return batch
 
-    def bare_block(self, epoch: int, row: int) -> BareBlock:
-        """Row `row` as the masker sees it: the block, or A + B for the NSP objective (pairs.py)."""
+    def bare_block(self, epoch: int, row: int) -> Block:
+        """Row `row` as the masker sees it: the block, or A + B (a PairBlock) for the NSP objective (pairs.py)."""
         if self.objective.nsp:
             return pair_block(self.shards, self.train_rows, row, scheme=self.masking.scheme, seed=self.seed, epoch=epoch,
                               max_len=self.max_len)
-        ids, word_start = self.shards.ids(row)
-        return BareBlock(ids, word_start, self.shards.scheme_spans(row, self.masking.scheme, 0, len(ids)))
+        return self.shards.block(row, self.masking.scheme)
 
-    def sub_block(self, subs: SubBlocks, i: int) -> BareBlock:
-        """Sub-block i of a short phase: its pieces, a word start at its first piece (trainer/data/phases.py)."""
-        row, lo, hi = int(subs.row[i]), int(subs.lo[i]), int(subs.hi[i])
-        ids, word_start = self.shards.ids(row)
-        word_start = word_start[lo:hi].copy()
+    def sub_block(self, subs: SubBlocks, i: int) -> Block:
+        """Sub-block i of a short phase, keyed by its sub-block key: its pieces, a word start at its first piece
+        (trainer/data/phases.py)."""
+        block = self.shards.block(int(subs.row[i]), self.masking.scheme, int(subs.lo[i]), int(subs.hi[i]))
+        word_start = block.word_start.copy()
         word_start[0] = True  # already so, unless a word longer than the phase was cut inside
-        return BareBlock(ids[lo:hi], word_start, self.shards.scheme_spans(row, self.masking.scheme, lo, hi, -lo))
+        return replace(block, word_start=word_start, block_index=int(subs.keys(np.array([i]))[0]))
 
 
 def build_masker(masking: MaskingConfig, vocab: Vocabulary, unigram_counts: np.ndarray | None) -> Masker:
