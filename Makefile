@@ -37,11 +37,11 @@ bench: install
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_squad.py
 
-# The paper's recipe on all cores: the Wikipedia text (WikiExtractor output until `--format wikidump`
-# lands) + books -> shards. VOCAB_FROM_CORPUS=1 first learns a WordPiece vocabulary from the same
+# The paper's recipe on all cores: Wikipedia's own dump (--format wikidump) + books -> shards.
+# VOCAB_FROM_CORPUS=1 first learns a WordPiece vocabulary from the same
 # inputs (pipeline.vocab) into $(SHARDS)-vocab/ and tokenizes with it; by default the paper's
 # bert-base-cased vocabulary is used. With annotation the local runner starts one worker process per core.
-PREPROCESS_INPUTS ?= --input 'wikiextractor:$(SHARED)/wiki/enwiki-sample-extracted.txt' \
+PREPROCESS_INPUTS ?= --input 'wikidump:$(SHARED)/wiki/enwiki-sample-pages-articles.xml.bz2' \
 	  --input 'text:$(SHARED)/books/gutenberg/*.txt' --input 'text:$(SHARED)/books/gutenberg-raw/*.txt'
 VOCAB_FROM_CORPUS ?=
 preprocess: install
