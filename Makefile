@@ -37,12 +37,21 @@ bench: install
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_squad.py
 
+# The paper's recipe on all cores: Wikipedia's own dump (--format wikidump) + books -> shards.
+# VOCAB_FROM_CORPUS=1 first learns a WordPiece vocabulary from the same
+# inputs (pipeline.vocab) into $(SHARDS)-vocab/ and tokenizes with it; by default the paper's
+# bert-base-cased vocabulary is used. With annotation the local runner starts one worker process per core.
+PREPROCESS_INPUTS ?= --input 'wikidump:$(SHARED)/wiki/enwiki-sample-pages-articles.xml.bz2' \
+	  --input 'text:$(SHARED)/books/gutenberg/*.txt' --input 'text:$(SHARED)/books/gutenberg-raw/*.txt'
+VOCAB_FROM_CORPUS ?=
 preprocess: install
-	$(PY) -m pipeline \
-	  --input 'wikiextractor:$(SHARED)/wiki/enwiki-sample-extracted.txt' \
-	  --input 'text:$(SHARED)/books/gutenberg/*.txt' \
-	  --input 'text:$(SHARED)/books/gutenberg-raw/*.txt' \
-	  --vocab $(VOCAB) --output $(SHARDS) --num-shards 8 --overwrite $(PIPELINE_ARGS)
+ifneq ($(VOCAB_FROM_CORPUS),)
+	$(PY) -m pipeline.vocab $(PREPROCESS_INPUTS) --output $(SHARDS)-vocab --bert-layout
+	$(PY) -m pipeline $(PREPROCESS_INPUTS) --tokenizer $(SHARDS)-vocab/tokenizer.json \
+	  --output $(SHARDS) --num-shards 8 --overwrite $(PIPELINE_ARGS)
+else
+	$(PY) -m pipeline $(PREPROCESS_INPUTS) --vocab $(VOCAB) --output $(SHARDS) --num-shards 8 --overwrite $(PIPELINE_ARGS)
+endif
 
 train: install
 	$(PY) -m trainer --config $(CONFIG) --data $(SHARDS) --out $(RUN) $(TRAIN_ARGS)

@@ -63,12 +63,13 @@ def loader_rate(shards: str, batches: int) -> None:
 
 
 def shard_memory(shards: str, multiple: int) -> None:
-    """Child: write one shard holding `multiple` copies of the largest shard's documents; print RSS."""
+    """Child: stream one shard holding `multiple` copies of the largest shard's documents through the
+    range shard writer; print RSS (the writer holds one record batch, so the increase should not grow)."""
     import numpy as np
 
     from contract.schema import open_shard, read_manifest
     from pipeline.encode import BlockRows
-    from pipeline.io import _WriteShardFn
+    from pipeline.shards import RangeShardWriter
 
     m = read_manifest(shards)
     table = max((open_shard(p) for p in m.shard_paths), key=lambda t: t.num_rows)
@@ -88,10 +89,12 @@ def shard_memory(shards: str, multiple: int) -> None:
     del ids, ws, table
     before = _status_kb("VmRSS")
     with tempfile.TemporaryDirectory() as out:
-        fn = _WriteShardFn(out, 1, m.vocab_size)
-        (info,) = list(fn.process((0, {"index": [None], "blocks": blocks})))
+        writer = RangeShardWriter(out, 0, target_input_bytes=1 << 62)  # one part: the whole shard
+        for rows in blocks:
+            writer.add(rows, 1)
+        (info,) = writer.close()
     peak = _status_kb("VmHWM")
-    print(json.dumps({"multiple": multiple, "rows": info["rows"], "tokens": info["tokens"], "shard_bytes": info["bytes"],
+    print(json.dumps({"multiple": multiple, "rows": info.rows, "tokens": info.tokens, "shard_bytes": info.bytes,
                       "rss_before_kb": before, "peak_kb": peak}))
 
 
@@ -106,7 +109,7 @@ def main() -> None:
         shard_memory(args.shards, args.child)
         return
     loader_rate(args.shards, args.batches)
-    print("shard writer (one shard in memory): shard MB, pieces, RSS before -> peak MB, increase / shard bytes")
+    print("shard writer (streams record batches): shard MB, pieces, RSS before -> peak MB, increase / shard bytes")
     for k in (int(x) for x in args.multiples.split(",")):
         out = subprocess.run([sys.executable, __file__, args.shards, "--child", str(k)], check=True,
                              capture_output=True, text=True).stdout

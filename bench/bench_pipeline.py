@@ -23,7 +23,7 @@ from pathlib import Path
 from contract.annotate import load_nlp
 from contract.tokenizer import word_starts, wordpiece_from_vocab
 from pipeline.documents import FRAMERS, CleanOptions, Document, clean_document
-from pipeline.io import source_base
+from pipeline.inputs import source_base
 from pipeline.run import run
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

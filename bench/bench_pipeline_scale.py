@@ -14,11 +14,18 @@ Rows (per size):
   bare       one `encode_batch` per copy of the cleaned corpus (texts already in memory)
   pipeline   `python -m pipeline --no-annotate`, --num-shards 8 x N (fixed shard-count ratio), 1 worker
              (in-process FnApiRunner) and 2 workers (--direct_running_mode=multi_processing)
+  dask       (--dask) the same on Beam's DaskRunner against an embedded LocalCluster of 2 worker processes
+             (one thread each): client + scheduler process, nannies and workers, each process's peak; the
+             output is compared byte for byte with the 1-worker run's (every file but the manifest)
   datasets   HF `datasets`: load_dataset("json") -> map(tokenize, batched, num_proc=2) -> group into
              510-piece blocks (run_mlm's group_texts, tail kept) -> save_to_disk; same cleaned text,
              same vocabulary (BertTokenizerFast built from the local vocab.txt)
 Optional (--annotate-docs K): spaCy with the pipeline's components, bare `nlp.pipe` vs the pipeline with
-annotation, 1 worker, on the first K WikiExtractor articles.
+annotation, 1 worker, on the first K WikiExtractor articles; with --annotate-copies 1,5 the pipeline with
+annotation on that many copies of the K articles (the memory bound with spaCy loaded).
+
+Peak RSS is reported for every process of the tree: `runner` (the launching process), then `w1`, `w2`,
+... (the other processes, busiest first: Beam's SDK workers, or Dask's worker and nanny processes).
 
     .venv/bin/python bench/bench_pipeline_scale.py                  # sizes 1,3 (the make bench default)
     .venv/bin/python bench/bench_pipeline_scale.py --sizes 1,10,30 --annotate-docs 106 --json out.jsonl
@@ -174,23 +181,34 @@ def run_bare(size: int, jsonl1: Path) -> Measure:
                    {"process": peaks.get(root, 0) / 1024}, {"wall_process": wall, "cpu_process": cpu})
 
 
-def run_pipeline(size: int, inputs: list[str], out: Path, workers: int, annotate: bool = False) -> Measure:
-    beam = ["--direct_num_workers=1"] if workers == 1 else ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
-    cmd = [sys.executable, "-m", "pipeline", *inputs, "--vocab", str(VOCAB), "--output", str(out),
+def per_process_mb(peaks: dict[int, int], root: int) -> dict[str, float]:
+    """{'runner': MB, 'w1': MB, 'w2': MB, ...}: every process of the tree, the others busiest first."""
+    others = sorted((v for pid, v in peaks.items() if pid != root), reverse=True)
+    return {"runner": peaks.get(root, 0) / 1024, **{f"w{i + 1}": v / 1024 for i, v in enumerate(others)}}
+
+
+def run_pipeline(size: int, inputs: list[str], out: Path, workers: int, annotate: bool = False,
+                 dask: bool = False) -> Measure:
+    if dask:
+        beam = []
+        head = child_cmd("dask")
+    else:
+        beam = ["--direct_num_workers=1"] if workers == 1 else ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+        head = [sys.executable, "-m", "pipeline"]
+    cmd = [*head, *inputs, "--vocab", str(VOCAB), "--output", str(out),
            "--num-shards", str(SHARDS_PER_COPY * max(1, size)), "--overwrite", *beam]
     if not annotate:
         cmd.append("--no-annotate")
     wall, cpu, peaks, root = measure(cmd, ENV)
     m = json.loads((out / "manifest.json").read_text())
     shard_bytes = [s["bytes"] for s in m["shards"]]
-    others = [v for pid, v in peaks.items() if pid != root]
     label = f"pipeline{'' if annotate else ' --no-annotate'}, {workers} worker{'s' if workers > 1 else ''}"
-    rss = {"runner": peaks.get(root, 0) / 1024}
-    if others:
-        rss["worker"] = max(others) / 1024
-    return Measure(label, size, wall, cpu, m["totals"]["words"], rss, {
+    if dask:
+        label = f"dask{'' if annotate else ' --no-annotate'}, {workers} worker processes"
+    return Measure(label, size, wall, cpu, m["totals"]["words"], per_process_mb(peaks, root), {
         "tokens": m["totals"]["tokens"], "blocks": m["totals"]["blocks"], "documents": m["totals"]["documents_read"],
         "shards": len(shard_bytes), "output_bytes": sum(shard_bytes), "max_shard_bytes": max(shard_bytes),
+        "output_sha256": output_digest(out),
     })
 
 
@@ -235,6 +253,41 @@ def child_bare(jsonl1: str, copies: str) -> None:
         words += sum(int((~cont[np.asarray(e.ids, dtype=np.int64)]).sum()) for e in encs)
         del encs
     Path(f"{jsonl1}.bare.json").write_text(json.dumps({"seconds": seconds, "cpu": cpu}))
+
+
+def child_dask(*pipeline_args: str) -> None:
+    """The pipeline on Beam's DaskRunner against an embedded LocalCluster (2 processes, 1 thread each)."""
+    import logging
+
+    from dask.distributed import LocalCluster
+
+    from pipeline.run import main as pipeline_main
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        rc = pipeline_main([*pipeline_args, "--runner", "dask", f"--dask_client_address={cluster.scheduler_address}"])
+    if rc:
+        raise SystemExit(rc)
+
+
+def output_digest(out: Path) -> str:
+    """sha256 over every output file but the manifest (which records the runner options), by name:
+    equal digests = byte-identical output, comparable across separate bench invocations."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(out.iterdir()):
+        if p.name != "manifest.json":
+            h.update(p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Every file but the manifest (which records the runner options) byte-identical."""
+    names = sorted(p.name for p in a.iterdir() if p.name != "manifest.json")
+    if names != sorted(p.name for p in b.iterdir() if p.name != "manifest.json"):
+        return False
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
 def child_datasets(jsonl: str, out: str, num_proc: str) -> None:
@@ -316,12 +369,14 @@ def main() -> None:
     p.add_argument("--no-datasets", action="store_true", help="skip the HF datasets rows")
     p.add_argument("--no-bare", action="store_true", help="skip the bare rows (one call per copy: linear by construction)")
     p.add_argument("--annotate-docs", type=int, default=0, help="also compare spaCy on this many articles (0: skip)")
+    p.add_argument("--annotate-copies", default="", help="with --annotate-docs: pipeline with annotation on these copies (e.g. 1,5)")
+    p.add_argument("--dask", action="store_true", help="also run on the DaskRunner (2 worker processes) and compare outputs")
     p.add_argument("--json", help="append every measurement as a JSON line to this file")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        {"bare": child_bare, "datasets": child_datasets, "spacy": child_spacy}[args.child[0]](*args.child[1:])
+    if sys.argv[1:2] == ["--child"]:  # before argparse: a child's own arguments may look like our options
+        {"bare": child_bare, "datasets": child_datasets, "spacy": child_spacy, "dask": child_dask}[sys.argv[2]](*sys.argv[3:])
         return
+    args = p.parse_args()
     load = os.getloadavg()
     print(f"{os.cpu_count()} cores, load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; "
           "CPU = CPU-seconds of the process tree; RSS = peak per process (MB)", flush=True)
@@ -339,12 +394,27 @@ def main() -> None:
             rows = [bare] if bare else []
             if bare:
                 print(fmt_row(bare, None), flush=True)
-            for w in (int(x) for x in args.workers.split(",")):
+            outs = []
+            for w in (int(x) for x in args.workers.split(",") if x):
                 m = run_pipeline(size, inputs, root / f"out{w}", w)
                 assert bare is None or m.words == bare.words, (m.words, bare.words)  # same documents, same words
                 rows.append(m)
-                print(fmt_row(m, bare), flush=True)
-                subprocess.run(["rm", "-rf", str(root / f"out{w}")], check=True)
+                outs.append(root / f"out{w}")
+                if len(outs) > 1:
+                    m.extra["identical_to_first"] = same_files(outs[0], outs[-1])
+                print(fmt_row(m, bare), *(["identical" if m.extra["identical_to_first"] else "OUTPUT DIFFERS"] if len(outs) > 1 else []), flush=True)
+            if args.dask:
+                m = run_pipeline(size, inputs, root / "out-dask", 2, dask=True)
+                outs.append(root / "out-dask")
+                if len(outs) > 1:
+                    m.extra["identical_to_first"] = same_files(outs[0], outs[-1])
+                rows.append(m)
+                print(fmt_row(m, bare), *(["identical" if m.extra["identical_to_first"] else "OUTPUT DIFFERS"] if len(outs) > 1 else []), flush=True)
+            for m in rows:
+                if "output_sha256" in m.extra:
+                    print(f"     {m.label}: output sha256 {m.extra['output_sha256'][:16]}", flush=True)
+            for o in outs:
+                subprocess.run(["rm", "-rf", str(o)], check=True)
             if not args.no_datasets:
                 jsonl = root / "clean.jsonl"
                 write_jsonl(texts, jsonl, size)
@@ -366,6 +436,16 @@ def main() -> None:
             print(fmt_row(bare, None), flush=True)
             print(fmt_row(m, bare), flush=True)
             results.extend([bare, m])
+            for copies in (int(c) for c in args.annotate_copies.split(",") if c):
+                cdir = tmpdir / "ann" / f"x{copies}"
+                cdir.mkdir(parents=True)
+                for k in range(copies):
+                    (cdir / f"r{k:03d}.txt").symlink_to(wiki_slice)
+                m = run_pipeline(copies, ["--input", f"wikiextractor:{cdir}/*.txt"], tmpdir / "ann" / f"out{copies}", 1,
+                                 annotate=True)
+                m.label = f"pipeline (annotate) {args.annotate_docs} articles x{copies}, 1 worker"
+                print(fmt_row(m, None), flush=True)
+                results.append(m)
     if args.json:
         with open(args.json, "a", encoding="utf-8") as f:
             for m in results:

@@ -46,7 +46,31 @@ BLOCK_SCHEMA = pa.schema(
 
 
 def shard_name(index: int, num_shards: int) -> str:
+    """The name shards had before range-local writing (still accepted by --overwrite)."""
     return f"shard-{index:05d}-of-{num_shards:05d}.arrow"
+
+
+def range_shard_name(range_index: int, part: int) -> str:
+    """Part `part` of the shards written from planned input range `range_index` (pipeline.shards)."""
+    return f"shard-{range_index:05d}-{part:04d}.arrow"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard's entry in the manifest: what the writer counted and hashed as it wrote the file."""
+
+    file: str
+    rows: int
+    tokens: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "rows": self.rows, "tokens": self.tokens, "bytes": self.bytes, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ShardInfo:
+        return cls(str(d["file"]), int(d["rows"]), int(d["tokens"]), int(d["bytes"]), str(d["sha256"]))
 
 
 @dataclass(frozen=True)
@@ -57,8 +81,9 @@ class Manifest:
     raw: dict[str, Any]
 
     @property
-    def block_size(self) -> int:
-        return int(self.raw["block_size"])
+    def shards(self) -> list[ShardInfo]:
+        """The shard entries, read through the type the pipeline writes them with."""
+        return [ShardInfo.from_json(s) for s in self.raw["shards"]]
 
     @property
     def vocab_sha256(self) -> str:

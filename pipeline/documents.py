@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from contract.annotate import Annotation
 from contract.text import INVALID_UTF8, decode
+from pipeline.counters import Counter
 
 FORMATS = ("wikiextractor", "text", "jsonl", "wikidump")
 
@@ -200,7 +201,7 @@ def clean_document(raw: RawDocument, opts: CleanOptions) -> Document | Rejection
     if decoded.text is None:
         return Rejection(raw.source, raw.doc_id, INVALID_UTF8, decoded.detail)
     if decoded.fell_back:
-        flags["decoded_with_fallback"] = 1
+        flags[Counter.DECODED_WITH_FALLBACK] = 1
     text = decoded.text
     doc_id = raw.doc_id
     if raw.kind == "json":
@@ -209,23 +210,23 @@ def clean_document(raw: RawDocument, opts: CleanOptions) -> Document | Rejection
             return parsed
         doc_id, text = parsed
     if raw.kind == "wiki-unterminated":
-        flags["unterminated_wiki_doc"] = 1
+        flags[Counter.UNTERMINATED_WIKI_DOC] = 1
     if text.startswith("\ufeff"):
         text = text[1:]
     if "\x00" in text:
         text = text.replace("\x00", "")
-        flags["nul_bytes_removed"] = 1
+        flags[Counter.NUL_BYTES_REMOVED] = 1
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-        flags["line_endings_normalised"] = 1
+        flags[Counter.LINE_ENDINGS_NORMALISED] = 1
     if raw.kind == "text" and opts.strip_gutenberg:
         text, stripped = strip_gutenberg(text)
         if stripped:
-            flags["gutenberg_boilerplate_stripped"] = 1
+            flags[Counter.GUTENBERG_BOILERPLATE_STRIPPED] = 1
     if opts.strip_markup:
         text, changed = strip_markup(text)
         if changed:
-            flags["markup_removed"] = 1
+            flags[Counter.MARKUP_REMOVED] = 1
     text = text.strip()
     if not text:
         return Rejection(raw.source, doc_id, "empty", "no text after cleaning")

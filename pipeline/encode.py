@@ -20,6 +20,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from contract.blocks import cut_blocks
 from contract.tokenizer import word_starts
+from pipeline.counters import Counter
 
 
 def _char_class(codepoints: list[int]) -> str:
@@ -179,7 +180,7 @@ class BlockRows:
         return len(self.input_ids)
 
 
-def to_blocks(doc: EncodedDoc, max_pieces: int, min_fill: float = 0.5) -> tuple[BlockRows, dict[str, int]]:
+def to_blocks(doc: EncodedDoc, max_pieces: int, min_fill: float = 0.5) -> tuple[BlockRows, dict[Counter, int]]:
     """Cut a document into blocks (contract.blocks rule) and move its spans into them.
 
     A span is kept in the block that wholly contains it; one that crosses a block edge is dropped
@@ -189,10 +190,10 @@ def to_blocks(doc: EncodedDoc, max_pieces: int, min_fill: float = 0.5) -> tuple[
     block_starts = np.array([s for s, _ in ranges], dtype=np.int64)
     ents: list[list[tuple[int, int, str]]] = [[] for _ in ranges]
     nps: list[list[tuple[int, int]]] = [[] for _ in ranges]
-    dropped = {"entity_spans_dropped_at_block_edge": 0, "noun_phrase_spans_dropped_at_block_edge": 0}
+    dropped = {Counter.ENTITY_SPANS_DROPPED_AT_BLOCK_EDGE: 0, Counter.NOUN_PHRASE_SPANS_DROPPED_AT_BLOCK_EDGE: 0}
     for spans, dest, key in (
-        (doc.entity_spans, ents, "entity_spans_dropped_at_block_edge"),
-        (doc.noun_phrase_spans, nps, "noun_phrase_spans_dropped_at_block_edge"),
+        (doc.entity_spans, ents, Counter.ENTITY_SPANS_DROPPED_AT_BLOCK_EDGE),
+        (doc.noun_phrase_spans, nps, Counter.NOUN_PHRASE_SPANS_DROPPED_AT_BLOCK_EDGE),
     ):
         for span in spans:
             s, e = span[0], span[1]

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--row", type=int, default=0, help="row of the sample block")
     args = p.parse_args(argv)
     manifest = read_manifest(args.directory)
-    n = len(manifest.raw["shards"])
+    n = len(manifest.shards)
     if not 0 <= args.shard < n:
         p.error(f"--shard {args.shard}: the manifest lists {n} shards")
     print(summarize(manifest.raw, str(manifest.directory)))

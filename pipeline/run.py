@@ -16,33 +16,24 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from contract.annotate import CHUNK_CHARS, MODEL, load_model_spans
+from contract.annotate import AVAILABLE, CHUNK_CHARS, MODEL, load_model_spans
 from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE, summarize
 from contract.tokenizer import load_tokenizer, normalizer_identity, tokens_sha256, vocab_list
 from pipeline.documents import FORMATS, CleanOptions
-from pipeline.io import (
-    SPLIT_BYTES,
-    ReadDocuments,
-    WriteManifest,
-    WriteShards,
-    join,
-    match_inputs,
-    parse_input,
-    plan_ranges,
-    prepare_output,
-    read_text,
-)
-from pipeline.transforms import DEAD_LETTER, STATS, Preprocess
+from pipeline.inputs import SPLIT_BYTES, ReadRange, match_inputs, parse_input, plan_ranges
+from pipeline.manifest import WriteManifest
+from pipeline.outdir import join, prepare_output, read_text
+from pipeline.transforms import ProcessRanges, RangeSettings
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 RUNNER_ALIASES = {"dask": DASK_RUNNER, "daskrunner": DASK_RUNNER}
 DASK_MAX_PARTITIONS = 32  # default --dask_npartitions cap: each partition loads the tokenizer once
-BATCH_GROUP_BYTES = 1 << 20  # input bytes per batching group (transforms.BatchDocuments)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --vocab: BERT's uncased normaliser (lower-case, strip accents), for an uncased vocab.txt")
     p.add_argument("--output", required=True, help="output directory (local or gs://, s3://, hdfs://)")
     p.add_argument("--block-size", type=int, default=512, help="model sequence length; blocks hold block_size-2 pieces")
-    p.add_argument("--num-shards", type=int, default=8)
+    p.add_argument("--num-shards", type=int, default=8,
+                   help="about how many shards in all: a range rolls to a new shard after input bytes / N of its "
+                        "documents; every planned range writes at least one (see docs/pipeline.md)")
     p.add_argument("--annotate", action=argparse.BooleanOptionalAction, default=True,
                    help="spaCy entities, noun chunks and sentences (--no-annotate: empty span columns)")
     p.add_argument("--spacy-model", default=MODEL)
@@ -96,8 +89,46 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
             parser.error(f"--encoding-fallback: unknown codec {args.encoding_fallback!r}")
 
 
+@dataclass(frozen=True)
+class Job:
+    """Everything planned before the graph is built: the read plan, the per-range settings, the manifest's
+    fixed fields, and the Beam arguments (ours already parsed out)."""
+
+    ranges: list[ReadRange]
+    settings: RangeSettings
+    base: dict[str, Any]
+    vocab_txt: str
+    tokenizer_json: str
+    beam_args: list[str]
+
+
+def build_graph(p: beam.Pipeline, job: Job) -> None:
+    """The whole pipeline: ranges -> shards (+ per-range results) -> manifest."""
+    results = p | "ProcessRanges" >> ProcessRanges(job.ranges, job.settings)
+    # Applied last: the DaskRunner computes only the graph behind the last transform.
+    _ = results | "WriteManifest" >> WriteManifest(
+        job.settings.output, job.base, len(job.ranges), job.vocab_txt, job.tokenizer_json
+    )
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the pipeline; returns the manifest (also printed as an accounting summary)."""
+    job = plan_job(argv)
+    beam_options = PipelineOptions(job.beam_args)
+    # No --runner: FnApiRunner directly. (DirectRunner would first try Prism, which downloads a binary.)
+    runner = None if beam_options.view_as(StandardOptions).runner else _local_runner()
+    with beam.Pipeline(runner=runner, options=beam_options) as p:
+        build_graph(p, job)
+    _close_client(p.result)
+    output = job.settings.output
+    manifest = json.loads(read_text(join(output, MANIFEST)))
+    print(summarize(manifest, output))
+    return manifest
+
+
+def plan_job(argv: Sequence[str] | None) -> Job:
+    """Parse and check the flags, match the inputs and plan the ranges, load the tokenizer, prepare the
+    output directory."""
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     _validate(args, parser)
@@ -129,38 +160,31 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "options": options,
     }
     tokenizer_json = tok.to_str()
+    settings = RangeSettings(
+        clean=CleanOptions(
+            encoding_fallback=args.encoding_fallback,
+            text_field=args.text_field,
+            id_field=args.id_field,
+            strip_markup=not args.keep_markup,
+            strip_gutenberg=not args.keep_gutenberg,
+        ),
+        tokenizer_json=tokenizer_json,
+        block_size=args.block_size,
+        output=args.output,
+        shard_input_bytes=shard_input_bytes(input_bytes, args.num_shards),
+        annotate_model=args.spacy_model if args.annotate else None,
+        entities=spans is None or spans.entities == AVAILABLE,
+        noun_chunks=spans is None or spans.noun_phrases == AVAILABLE,
+        chunk_chars=args.chunk_chars,
+        batch_docs=args.batch_docs,
+    )
     beam_args = _runner_defaults(_local_defaults(_resolve_runner(beam_args), args.annotate), len(ranges))
-    beam_options = PipelineOptions(beam_args)
-    # No --runner: FnApiRunner directly. (DirectRunner would first try Prism, which downloads a binary.)
-    runner = None if beam_options.view_as(StandardOptions).runner else _local_runner()
-    with beam.Pipeline(runner=runner, options=beam_options) as p:
-        raw_documents = p | "ReadDocuments" >> ReadDocuments(ranges)
-        out = raw_documents | "Preprocess" >> Preprocess(
-            CleanOptions(
-                encoding_fallback=args.encoding_fallback,
-                text_field=args.text_field,
-                id_field=args.id_field,
-                strip_markup=not args.keep_markup,
-                strip_gutenberg=not args.keep_gutenberg,
-            ),
-            tokenizer_json,
-            args.block_size,
-            args.num_shards,
-            args.spacy_model if args.annotate else None,
-            args.chunk_chars,
-            args.batch_docs,
-            batch_groups=max(1, math.ceil(input_bytes / BATCH_GROUP_BYTES)),
-            spans=spans,
-        )
-        shard_infos = out["shard_to_blocks"] | "WriteShards" >> WriteShards(args.output, args.num_shards, len(vocab))
-        # Applied last: the DaskRunner computes only the graph behind the last transform.
-        _ = (shard_infos, out[STATS], out[DEAD_LETTER]) | "WriteManifest" >> WriteManifest(
-            args.output, base, "".join(t + "\n" for t in vocab), tokenizer_json
-        )
-    _close_client(p.result)
-    manifest = json.loads(read_text(join(args.output, MANIFEST)))
-    print(summarize(manifest, args.output))
-    return manifest
+    return Job(ranges, settings, base, "".join(t + "\n" for t in vocab), tokenizer_json, beam_args)
+
+
+def shard_input_bytes(input_bytes: int, num_shards: int) -> int:
+    """Input bytes per shard part: --num-shards N asks for about N shards over the whole input."""
+    return max(1, math.ceil(input_bytes / num_shards))
 
 
 def _local_defaults(beam_args: list[str], annotate: bool) -> list[str]:

@@ -1,83 +1,65 @@
-"""The pipeline's composite PTransforms that do no I/O (reading and writing live in pipeline.io).
+"""The pipeline's one heavy stage: every planned input range is read, cleaned, batched, annotated,
+tokenized, cut into blocks and written to its own shards as it streams (`ProcessRanges`).
 
-Each stage sends rejected documents to a `dead_letter` collection and its event counts to a `stats`
-collection (as (name, n) pairs): the manifest's accounting is computed from data, so it is exact on
-every runner, and the same counts also go to Beam metrics for monitoring.
+Memory is bounded by design on every runner: no step groups documents or blocks. FnApiRunner keeps
+the whole input of a grouping step in memory and Beam's Dask GroupByKey is a dask.bag groupby, so a
+grouping of documents or blocks would hold the corpus; here the only grouping steps carry planned
+ranges (the Reshuffle that spreads them over workers) and the small per-range results the manifest
+is made of (one `RangeResult` per range and the dead letters). tests/pipeline/test_graph.py fails if
+a grouping of anything else comes back.
 
-Written for every Beam runner, Dask's included (see docs/pipeline.md, "Runners"): a stage's DoFn has
-one output whose side elements are wrapped in `Side`, split by one selecting FlatMap per collection
-(Beam 2.77's DaskRunner feeds every `with_outputs` tag to every consumer); batches are formed by a
-GroupByKey, not in `finish_bundle` (whose output that runner drops); no stage reads a side input.
+The DoFn has one output: `RangeResult`s and `Rejection`s (dead letters) in one collection, told apart
+by type where they are gathered (Beam 2.77's DaskRunner feeds every `with_outputs` tag to every
+consumer, and drops `finish_bundle` output, so neither is used); no stage reads a side input.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from contract.annotate import AVAILABLE
-from pipeline.documents import CleanOptions, Document, RawDocument, Rejection, clean_document
+from contract.schema import ShardInfo
+from pipeline.counters import Counter, Counts
+from pipeline.documents import CleanOptions, Document, Rejection, clean_document
 from pipeline.encode import EncodedDoc, encode_segmented, rule_sentence_starts, safe_starts, to_blocks
+from pipeline.inputs import ReadRange, read_range
+from pipeline.shards import RangeShardWriter
 from pipeline.wikidump import PageSkip, StreamBreak
 
 NAMESPACE = "pipeline"
-MAIN = "main"
-STATS = "stats"
-DEAD_LETTER = "dead_letter"
-ENTITY_LABEL = "entity_label."  # stats prefix: written entity spans of one label
 
 
 @dataclass(frozen=True)
-class Side:
-    """An element a stage sends to its `tag` collection (STATS or DEAD_LETTER) instead of downstream."""
+class RangeSettings:
+    """Everything a worker needs to turn one range into shards (pickled once into the DoFn)."""
 
-    tag: str
-    value: Any
-
-
-def count(name: str, n: int = 1) -> Side:
-    """Count an event both as a Beam metric and as a `stats` element for the manifest."""
-    Metrics.counter(NAMESPACE, name).inc(n)
-    return Side(STATS, (name, n))
-
-
-def reject(rej: Rejection) -> Iterator[Side]:
-    yield count("documents_rejected")
-    yield count(f"rejected.{rej.reason}")
-    yield Side(DEAD_LETTER, rej)
+    clean: CleanOptions
+    tokenizer_json: str
+    block_size: int
+    output: str
+    shard_input_bytes: int  # roll to a new shard part after this much input (pipeline.shards)
+    annotate_model: str | None = None
+    entities: bool = True  # False: the model has no NER (contract.annotate.ModelSpans)
+    noun_chunks: bool = True  # False: the model gives no noun chunks
+    chunk_chars: int = 100_000
+    batch_docs: int = 32
+    nlp_batch_size: int = 64
 
 
-def shard_of(doc_id: str, num_shards: int) -> int:
-    """Stable across processes and machines (unlike hash(), which is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "big") % num_shards
+@dataclass
+class RangeResult:
+    """What one range contributes to the manifest: a few shard infos and counts. Kept this small on
+    purpose (no unigram row: 29k counts per range would be the biggest thing the Dask runner gathers;
+    the manifest step counts pieces from the written shards instead)."""
 
-
-class _CleanFn(beam.DoFn):
-    def __init__(self, opts: CleanOptions) -> None:
-        self.opts = opts
-
-    def process(self, raw: RawDocument | PageSkip | StreamBreak) -> Iterator[Any]:
-        if isinstance(raw, PageSkip):  # not an article: counted, not a document
-            yield count(f"skipped.{raw.reason.value}")
-            return
-        yield count("documents_read")
-        if isinstance(raw, StreamBreak):  # unreadable dump bytes: one dead letter per break
-            yield from reject(raw.rejection())
-            return
-        out = clean_document(raw, self.opts)
-        if isinstance(out, Rejection):
-            yield from reject(out)
-            return
-        for name, n in sorted(out.flags.items()):
-            yield count(name, n)
-        yield out
+    range_index: int
+    shards: list[ShardInfo]
+    counts: Counts
 
 
 # Heavy per-process state, built once per worker process and model rather than once per DoFn
@@ -101,213 +83,140 @@ def _process_tokenizer(tokenizer_json: str) -> tuple[Any, Any]:
     return tok, continuation_table(tok)
 
 
-class _AnnotateFn(beam.DoFn):
-    """spaCy once per worker process, one nlp.pipe per batch of documents."""
+def annotate_batch(nlp: Any, batch: list[Document], chunk_chars: int, batch_size: int, counts: Counts,
+                   entities: bool = True, noun_chunks: bool = True) -> list[Document]:
+    """spaCy sentences, entities and noun chunks for a batch (one nlp.pipe); inputs stay unmutated."""
+    from contract.annotate import annotate
 
-    def __init__(self, model: str, chunk_chars: int, batch_size: int, entities: bool = True, noun_chunks: bool = True) -> None:
-        self.model, self.chunk_chars, self.batch_size = model, chunk_chars, batch_size
-        self.entities, self.noun_chunks = entities, noun_chunks  # False: the model lacks them (contract.annotate.ModelSpans)
+    anns = annotate(nlp, [d.text for d in batch], chunk_chars, batch_size, entities=entities, noun_chunks=noun_chunks)
+    counts.add(Counter.ENTITIES_FOUND, sum(len(a.entities) for a in anns))
+    counts.add(Counter.NOUN_CHUNKS_FOUND, sum(len(a.noun_chunks) for a in anns))
+    return [replace(d, annotation=a) for d, a in zip(batch, anns, strict=True)]
+
+
+def tokenize_batch(
+    tok: Any, continuation: Any, batch: list[Document], counts: Counts
+) -> Iterator[EncodedDoc | Rejection]:
+    """One encode_batch per batch of documents (each cut into its sentences, see pipeline.encode),
+    in batch order; a document without pieces is a Rejection."""
+    from contract.align import char_to_piece_spans
+
+    annotated = any(d.annotation is not None for d in batch)
+    starts = [
+        safe_starts(d.text, d.annotation.sentence_starts if d.annotation else rule_sentence_starts(d.text))
+        for d in batch
+    ]
+    encoded = encode_segmented(tok, [d.text for d in batch], starts, annotated, continuation)
+    for doc, (ids, ws, ss, offsets) in zip(batch, encoded, strict=True):
+        if len(ids) == 0:
+            yield Rejection(doc.source, doc.doc_id, "no_tokens", "text yields no word pieces")
+            continue
+        out = EncodedDoc(doc.source, doc.doc_id, ids, ws, ss)
+        if doc.annotation is not None and offsets is not None:
+            ann = doc.annotation
+            ents = char_to_piece_spans(offsets, [(s, e) for s, e, _ in ann.entities])
+            out.entity_spans = [(*p, lab) for p, (_, _, lab) in zip(ents, ann.entities, strict=True) if p]
+            nps = char_to_piece_spans(offsets, ann.noun_chunks)
+            out.noun_phrase_spans = [p for p in nps if p]
+            counts.add(Counter.SPANS_WITHOUT_PIECES, len(ents) - len(out.entity_spans) + len(nps) - len(out.noun_phrase_spans))
+        yield out
+
+
+class _ProcessRangeFn(beam.DoFn):
+    """ReadRange -> its Rejections as they occur, then one RangeResult (its shards are written)."""
+
+    def __init__(self, settings: RangeSettings) -> None:
+        self.settings = settings
+        self.tok: Any = None
+        self.continuation: Any = None
         self.nlp: Any = None
 
     def setup(self) -> None:
-        self.nlp = _process_nlp(self.model)
+        self.tok, self.continuation = _process_tokenizer(self.settings.tokenizer_json)
+        if self.settings.annotate_model:
+            self.nlp = _process_nlp(self.settings.annotate_model)
 
-    def process(self, batch: list[Document]) -> Iterator[Any]:
-        from contract.annotate import annotate
+    def process(self, rng: ReadRange) -> Iterator[RangeResult | Rejection]:
+        s = self.settings
+        counts = Counts()
+        writer = RangeShardWriter(s.output, rng.index, s.shard_input_bytes)
+        batch: list[Document] = []
+        sizes: list[int] = []  # input bytes of each document of `batch`
+        try:
+            for raw in read_range(rng):
+                if isinstance(raw, PageSkip):  # a dump page that is not an article: counted, not a document
+                    counts.skip(raw.reason.value)
+                    continue
+                counts.add(Counter.DOCUMENTS_READ)
+                if isinstance(raw, StreamBreak):  # unreadable dump bytes: one dead letter per break
+                    rejection = raw.rejection()
+                    counts.reject(rejection.reason)
+                    yield rejection
+                    continue
+                doc = clean_document(raw, s.clean)
+                if isinstance(doc, Rejection):
+                    counts.reject(doc.reason)
+                    yield doc
+                    continue
+                for name, n in doc.flags.items():
+                    counts.add_flag(name, n)
+                batch.append(doc)
+                sizes.append(len(raw.data))
+                if len(batch) >= s.batch_docs:
+                    yield from self._write_batch(batch, sizes, writer, counts)
+                    batch, sizes = [], []
+            if batch:
+                yield from self._write_batch(batch, sizes, writer, counts)
+            shards = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        for counter, n in counts.by_counter.items():
+            Metrics.counter(NAMESPACE, counter.value).inc(n)
+        yield RangeResult(rng.index, shards, counts)
 
-        anns = annotate(self.nlp, [d.text for d in batch], self.chunk_chars, self.batch_size,
-                        entities=self.entities, noun_chunks=self.noun_chunks)
-        yield count("entities_found", sum(len(a.entities) for a in anns))
-        yield count("noun_chunks_found", sum(len(a.noun_chunks) for a in anns))
-        yield [replace(d, annotation=a) for d, a in zip(batch, anns, strict=True)]  # inputs stay unmutated
-
-
-class _TokenizeFn(beam.DoFn):
-    """One encode_batch per batch of documents (each cut into its sentences, see pipeline.encode)."""
-
-    def __init__(self, tokenizer_json: str) -> None:
-        self.tokenizer_json = tokenizer_json
-        self.tok: Any = None
-        self.continuation: Any = None
-
-    def setup(self) -> None:
-        self.tok, self.continuation = _process_tokenizer(self.tokenizer_json)
-
-    def process(self, batch: list[Document]) -> Iterator[Any]:
-        from contract.align import char_to_piece_spans
-
-        annotated = any(d.annotation is not None for d in batch)
-        starts = [
-            safe_starts(d.text, d.annotation.sentence_starts if d.annotation else rule_sentence_starts(d.text))
-            for d in batch
-        ]
-        encoded = encode_segmented(self.tok, [d.text for d in batch], starts, annotated, self.continuation)
-        for doc, (ids, ws, ss, offsets) in zip(batch, encoded, strict=True):
-            if len(ids) == 0:
-                yield from reject(Rejection(doc.source, doc.doc_id, "no_tokens", "text yields no word pieces"))
+    def _write_batch(
+        self, batch: list[Document], sizes: list[int], writer: RangeShardWriter, counts: Counts
+    ) -> Iterator[Rejection]:
+        s = self.settings
+        if self.nlp is not None:
+            batch = annotate_batch(self.nlp, batch, s.chunk_chars, s.nlp_batch_size, counts, s.entities, s.noun_chunks)
+        # tokenize_batch yields one result per document, in batch order
+        for size, out in zip(sizes, tokenize_batch(self.tok, self.continuation, batch, counts), strict=True):
+            if isinstance(out, Rejection):
+                counts.reject(out.reason)
+                yield out
                 continue
-            out = EncodedDoc(doc.source, doc.doc_id, ids, ws, ss)
-            if doc.annotation is not None and offsets is not None:
-                ann = doc.annotation
-                ents = char_to_piece_spans(offsets, [(s, e) for s, e, _ in ann.entities])
-                out.entity_spans = [(*p, lab) for p, (_, _, lab) in zip(ents, ann.entities, strict=True) if p]
-                nps = char_to_piece_spans(offsets, ann.noun_chunks)
-                out.noun_phrase_spans = [p for p in nps if p]
-                empty = len(ents) - len(out.entity_spans) + len(nps) - len(out.noun_phrase_spans)
-                if empty:
-                    yield count("spans_without_pieces", empty)
-            yield out
+            rows, dropped = to_blocks(out, s.block_size - 2)  # room for [CLS] and [SEP]
+            counts.add(Counter.DOCUMENTS_WRITTEN)
+            counts.add(Counter.BLOCKS, rows.num_blocks)
+            counts.add(Counter.TOKENS, len(out.input_ids))
+            counts.add(Counter.WORDS, int(out.word_start.sum()))
+            counts.add(Counter.ENTITY_SPANS, sum(len(x) for x in rows.entity_spans))
+            for spans in rows.entity_spans:
+                for span in spans:
+                    counts.entity_labels[span[2]] = counts.entity_labels.get(span[2], 0) + 1
+            counts.add(Counter.NOUN_PHRASE_SPANS, sum(len(x) for x in rows.noun_phrase_spans))
+            for counter, n in dropped.items():
+                counts.add(counter, n)
+            writer.add(rows, size)
 
 
-class _BuildBlocksFn(beam.DoFn):
-    def __init__(self, block_size: int, num_shards: int) -> None:
-        self.max_pieces, self.num_shards = block_size - 2, num_shards  # room for [CLS] and [SEP]
+class ProcessRanges(beam.PTransform):
+    """PBegin -> RangeResult per planned range and a Rejection per dead letter (one collection).
 
-    def process(self, doc: EncodedDoc) -> Iterator[Any]:
-        rows, dropped = to_blocks(doc, self.max_pieces)
-        yield count("documents_written")
-        yield count("blocks", rows.num_blocks)
-        yield count("tokens", len(doc.input_ids))
-        yield count("words", int(doc.word_start.sum()))
-        yield count("entity_spans", sum(len(s) for s in rows.entity_spans))
-        for label, n in sorted(Counter(span[2] for spans in rows.entity_spans for span in spans).items()):
-            yield count(f"{ENTITY_LABEL}{label}", n)  # per-label counts of the written spans, for the manifest
-        yield count("noun_phrase_spans", sum(len(s) for s in rows.noun_phrase_spans))
-        for name, n in dropped.items():
-            if n:
-                yield count(name, n)
-        yield shard_of(doc.doc_id, self.num_shards), rows
-
-
-def _main(element: Any) -> Iterator[Any]:
-    if not isinstance(element, Side):
-        yield element
-
-
-def _side(element: Any, tag: str) -> Iterator[Any]:
-    if isinstance(element, Side) and element.tag == tag:
-        yield element.value
-
-
-def _outputs(pcoll: beam.PCollection, fn: beam.DoFn, label: str) -> dict[str, beam.PCollection]:
-    """Run `fn` and split its output into the main, `stats` and `dead_letter` collections."""
-    mixed = pcoll | label >> beam.ParDo(fn)
-    return {
-        MAIN: mixed | f"{label}Main" >> beam.FlatMap(_main),
-        STATS: mixed | f"{label}Stats" >> beam.FlatMap(_side, STATS),
-        DEAD_LETTER: mixed | f"{label}DeadLetters" >> beam.FlatMap(_side, DEAD_LETTER),
-    }
-
-
-class CleanDocuments(beam.PTransform):
-    """RawDocument -> Document: decode (or dead-letter invalid UTF-8), parse JSON, clean."""
-
-    def __init__(self, opts: CleanOptions) -> None:
-        super().__init__()
-        self.opts = opts
-
-    def expand(self, raw: beam.PCollection) -> dict[str, beam.PCollection]:
-        return _outputs(raw, _CleanFn(self.opts), "Clean")
-
-
-def _cut_batches(group: tuple[int, Iterable[Document]], batch_docs: int) -> Iterator[list[Document]]:
-    docs = sorted(group[1], key=lambda d: d.doc_id)  # batch membership independent of arrival order
-    for i in range(0, len(docs), batch_docs):
-        yield docs[i : i + batch_docs]
-
-
-class BatchDocuments(beam.PTransform):
-    """Document -> batches (lists) of at most `batch_docs` Documents.
-
-    Documents are grouped by a stable hash of their id into `groups` groups (a GroupByKey, which
-    also spreads them over the workers) and each group is cut into batches. Unlike BatchElements
-    this emits nothing from finish_bundle, and a batch's membership does not depend on bundling.
+    The ranges are created, spread over the workers by a Reshuffle (a grouping of ReadRange
+    elements only), and each processed whole by one DoFn call.
     """
 
-    def __init__(self, batch_docs: int, groups: int) -> None:
+    def __init__(self, ranges: list[ReadRange], settings: RangeSettings) -> None:
         super().__init__()
-        self.batch_docs, self.groups = batch_docs, groups
+        self.ranges, self.settings = ranges, settings
 
-    def expand(self, docs: beam.PCollection) -> beam.PCollection:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
-            docs
-            | "KeyByGroup" >> beam.Map(lambda d, n: (shard_of(d.doc_id, n), d), self.groups)
-            | "GroupDocuments" >> beam.GroupByKey()
-            | "CutBatches" >> beam.FlatMap(_cut_batches, self.batch_docs)
+            pbegin
+            | "CreateRanges" >> beam.Create(self.ranges)
+            | "DistributeRanges" >> beam.Reshuffle()
+            | "ProcessRange" >> beam.ParDo(_ProcessRangeFn(self.settings))
         )
-
-
-class AnnotateDocuments(beam.PTransform):
-    """Batches of Documents -> the same batches with spaCy sentences, entities, noun chunks."""
-
-    def __init__(self, model: str, chunk_chars: int, batch_size: int = 64, entities: bool = True,
-                 noun_chunks: bool = True) -> None:
-        super().__init__()
-        self.fn = _AnnotateFn(model, chunk_chars, batch_size, entities, noun_chunks)
-
-    def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
-        return _outputs(batches, self.fn, "Annotate")
-
-
-class TokenizeDocuments(beam.PTransform):
-    """Batches of Documents -> EncodedDoc (pieces, word starts, sentence starts, piece spans)."""
-
-    def __init__(self, tokenizer_json: str) -> None:
-        super().__init__()
-        self.tokenizer_json = tokenizer_json
-
-    def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
-        return _outputs(batches, _TokenizeFn(self.tokenizer_json), "Tokenize")
-
-
-class BuildBlocks(beam.PTransform):
-    """EncodedDoc -> (shard index, BlockRows): blocks of <= block_size - 2 pieces, spans inside."""
-
-    def __init__(self, block_size: int, num_shards: int) -> None:
-        super().__init__()
-        self.block_size, self.num_shards = block_size, num_shards
-
-    def expand(self, docs: beam.PCollection) -> dict[str, beam.PCollection]:
-        return _outputs(docs, _BuildBlocksFn(self.block_size, self.num_shards), "CutBlocks")
-
-
-class Preprocess(beam.PTransform):
-    """RawDocument -> shard-keyed blocks, plus the merged `stats` and `dead_letter` collections."""
-
-    def __init__(
-        self,
-        clean: CleanOptions,
-        tokenizer_json: str,
-        block_size: int,
-        num_shards: int,
-        annotate_model: str | None,
-        chunk_chars: int,
-        batch_docs: int,
-        batch_groups: int = 1,
-        spans: Any = None,
-    ) -> None:
-        super().__init__()
-        self.clean, self.tokenizer_json = clean, tokenizer_json
-        self.block_size, self.num_shards = block_size, num_shards
-        self.annotate_model, self.chunk_chars, self.batch_docs = annotate_model, chunk_chars, batch_docs
-        self.batch_groups = batch_groups
-        self.spans = spans  # contract.annotate.ModelSpans of annotate_model: which span kinds it gives
-
-    def expand(self, raw: beam.PCollection) -> dict[str, beam.PCollection]:
-        stages: list[dict[str, beam.PCollection]] = []
-        stages.append(raw | "CleanDocuments" >> CleanDocuments(self.clean))
-        batches = stages[-1][MAIN] | "BatchDocuments" >> BatchDocuments(self.batch_docs, self.batch_groups)
-        if self.annotate_model:
-            ents = self.spans is None or self.spans.entities == AVAILABLE
-            nps = self.spans is None or self.spans.noun_phrases == AVAILABLE
-            stages.append(batches | "AnnotateDocuments" >> AnnotateDocuments(
-                self.annotate_model, self.chunk_chars, entities=ents, noun_chunks=nps))
-            batches = stages[-1][MAIN]
-        stages.append(batches | "TokenizeDocuments" >> TokenizeDocuments(self.tokenizer_json))
-        stages.append(stages[-1][MAIN] | "BuildBlocks" >> BuildBlocks(self.block_size, self.num_shards))
-        return {
-            "shard_to_blocks": stages[-1][MAIN],
-            STATS: [s[STATS] for s in stages] | "MergeStats" >> beam.Flatten(),
-            DEAD_LETTER: [s[DEAD_LETTER] for s in stages] | "MergeDeadLetters" >> beam.Flatten(),
-        }
-

@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 from contract.cli import run_main
 from contract.tokenizer import SPECIAL_TOKENS, bert_wordpiece, vocab_list
 from pipeline.documents import FORMATS, FRAMERS, CleanOptions, Document, RawDocument, clean_document
-from pipeline.io import match_inputs, parse_input, source_base
+from pipeline.inputs import match_inputs, parse_input, source_base
 
 
 def iter_texts(specs: Sequence[str], default_format: str, opts: CleanOptions, stats: Counter[str]) -> Iterator[str]:

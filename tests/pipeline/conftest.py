@@ -56,13 +56,20 @@ def real_run_again(tmp_path_factory) -> Run:
 
 @pytest.fixture(scope="session")
 def real_run_two_workers(tmp_path_factory) -> Run:
-    """Two worker processes, and the WikiExtractor file read as ~9 byte ranges."""
+    """Two worker processes, the same read plan as real_run."""
     return run_pipeline(
         tmp_path_factory.mktemp("real_mp"),
         REAL_INPUTS,
-        "--num-shards", "4", "--no-annotate", "--split-bytes", "300000",
+        "--num-shards", "4", "--no-annotate",
         "--direct_running_mode=multi_processing", "--direct_num_workers=2",
     )
+
+
+@pytest.fixture(scope="session")
+def real_run_split(tmp_path_factory) -> Run:
+    """Another read plan: the WikiExtractor file read as ~9 byte ranges."""
+    return run_pipeline(tmp_path_factory.mktemp("real_split"), REAL_INPUTS,
+                        "--num-shards", "4", "--no-annotate", "--split-bytes", "300000")
 
 
 @pytest.fixture(scope="session")

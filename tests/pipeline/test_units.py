@@ -5,12 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,8 +29,7 @@ from pipeline.encode import (
     safe_starts,
     to_blocks,
 )
-from pipeline.io import parse_input, source_base
-from pipeline.transforms import DEAD_LETTER, CleanDocuments, shard_of
+from pipeline.inputs import parse_input, source_base
 from tests.conftest import GUTENBERG_RAW, WIKI_EXTRACTED
 
 
@@ -146,11 +141,17 @@ def test_to_blocks_drops_and_counts_spans_across_edges() -> None:
     assert dropped == {"entity_spans_dropped_at_block_edge": 1, "noun_phrase_spans_dropped_at_block_edge": 1}
 
 
-def test_shard_of_is_stable() -> None:
-    # A fixed value: shard assignment must never depend on the process (PYTHONHASHSEED) or version.
-    # (recorded once; a change here silently reshuffles every existing shard directory)
-    assert [shard_of(f"wiki/x.txt#{i}", 8) for i in range(8)] == [1, 4, 4, 2, 3, 1, 5, 5]
-    assert shard_of("gutenberg/austen-emma.txt", 1000) == 752
+def test_counter_names_are_checked() -> None:
+    """A misspelt counter fails where it is used instead of reading 0 in the manifest."""
+    from pipeline.counters import Counter, Counts
+
+    c = Counts()
+    c.add_flag("nul_bytes_removed", 2)
+    assert c[Counter.NUL_BYTES_REMOVED] == 2
+    with pytest.raises(ValueError, match="nul_byte_removed"):
+        c.add_flag("nul_byte_removed", 1)
+    with pytest.raises(AttributeError):
+        _ = Counter.NUL_BYTE_REMOVED
 
 
 def test_parse_input_prefixes() -> None:
@@ -161,22 +162,6 @@ def test_parse_input_prefixes() -> None:
     assert parse_input("jsonl:gs://b/x.jsonl", "text").pattern == "gs://b/x.jsonl"
     assert source_base("/data/books/gutenberg/*.txt") == "/data/books/"
     assert source_base("/data/wiki/one.txt") == "/data/"
-
-
-def test_clean_documents_composite_routes_dead_letters() -> None:
-    raws = [
-        RawDocument("s", "s#ok", b"Fine text.", "text"),
-        RawDocument("s", "s#bad", b"caf\xe9", "text"),
-        RawDocument("s", "s#empty", b"<br/>  ", "text"),
-    ]
-    with BeamTestPipeline(runner=FnApiRunner()) as p:
-        out = p | beam.Create(raws) | CleanDocuments(CleanOptions())
-        assert_that(out["main"] | beam.Map(lambda d: (d.doc_id, d.text)), equal_to([("s#ok", "Fine text.")]), label="Main")
-        assert_that(
-            out[DEAD_LETTER] | beam.Map(lambda r: (r.doc_id, r.reason)),
-            equal_to([("s#bad", "invalid_utf8"), ("s#empty", "empty")]),
-            label="Dead",
-        )
 
 
 def test_vocab_trainer_and_tokenizer_json_input(tmp_path: Path, capsys) -> None:

@@ -21,6 +21,11 @@ def write_shards(out: Path, *, num_docs: int = 12, block_size: int = 128, num_sh
     """
     out = Path(out)
     inputs = sample_corpus(out.parent / f"{out.name}-input", num_docs, max_chars)
+    # A blank file: dead-lettered ("empty"), so its range writes the one empty shard the readers must skip.
+    blank = out.parent / f"{out.name}-input" / "blank" / "blank.txt"
+    blank.parent.mkdir(parents=True, exist_ok=True)
+    blank.write_text(" \n", encoding="utf-8")
+    inputs = [*inputs, f"text:{blank}"]
     flags = ["--block-size", str(block_size), "--num-shards", str(num_shards)]
     # One in-process worker even when annotating: spaCy loads once, no process pool on a 2-core box.
     build_shards(out, inputs, *flags, *(["--direct_num_workers=1"] if annotate else ["--no-annotate"]))

@@ -208,6 +208,33 @@ def _synthetic_spans(word_start: list[bool], row: int) -> tuple[list[dict], list
     return ents, nps
 
 
+def _old_layout(out, manifest: dict, num_shards: int) -> None:
+    """Rewrite the pipeline's range-local shards into the layout PINNED was recorded on (before issue 19):
+    documents in `blake2b(doc_id) mod num_shards` shards, sorted by (doc_id, first block's pieces), blocks in
+    order, files `shard-NNNNN-of-NNNNN.arrow`. The rows are the same; only their order and split differ."""
+    from contract.schema import open_shard, shard_name
+
+    table = pa.concat_tables([open_shard(out / e["file"]) for e in manifest["shards"]])
+    for e in manifest["shards"]:
+        (out / e["file"]).unlink()
+    docs: dict[str, list[int]] = {}
+    for i, d in enumerate(table.column("doc_id").to_pylist()):
+        docs.setdefault(d, []).append(i)
+    first = table.column("input_ids")
+    buckets: list[list[tuple[str, bytes, list[int]]]] = [[] for _ in range(num_shards)]
+    for d, rows in docs.items():
+        b = int.from_bytes(hashlib.blake2b(d.encode("utf-8"), digest_size=8).digest(), "big") % num_shards
+        buckets[b].append((d, np.asarray(first[rows[0]].as_py(), np.int32).tobytes(), rows))
+    manifest["shards"] = []
+    for index, bucket in enumerate(buckets):
+        order = [r for _, _, rows in sorted(bucket, key=lambda x: (x[0], x[1])) for r in rows]
+        part = table.take(pa.array(order, pa.int64()))
+        name = shard_name(index, num_shards)
+        with pa.OSFile(str(out / name), "wb") as f, pa.ipc.new_file(f, part.schema) as writer:
+            writer.write_table(part)
+        manifest["shards"].append({"file": name, "rows": part.num_rows, "tokens": len(part.column("input_ids").combine_chunks().flatten()), "bytes": 0, "sha256": ""})
+
+
 @pytest.fixture(scope="module")
 def pinned_shards(tmp_path_factory):
     """The pipeline without spaCy (its cheap sentence rule: tokenizer + block cutter only, platform-independent),
@@ -215,6 +242,7 @@ def pinned_shards(tmp_path_factory):
     out = write_shards(tmp_path_factory.mktemp("pinned") / "shards", num_docs=8, block_size=64, num_shards=3,
                        max_chars=2500)
     manifest = json.loads((out / MANIFEST).read_text())
+    _old_layout(out, manifest, 3)
     row = 0
     for entry in manifest["shards"]:
         path = out / entry["file"]

@@ -13,7 +13,8 @@ import pytest
 
 from contract.schema import read_manifest
 from pipeline.documents import FRAMERS, CleanOptions, Document, clean_document
-from pipeline.io import ROWS_PER_BATCH, source_base
+from pipeline.inputs import source_base
+from pipeline.shards import ROWS_PER_BATCH
 from tests.trainer.conftest import stream_of
 from tests.trainer.shards import write_shards
 from trainer.config import DataConfig
