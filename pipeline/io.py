@@ -40,7 +40,7 @@ from contract.schema import (
     shard_name,
 )
 from pipeline import wikidump
-from pipeline.documents import FORMATS, FRAMERS, SPLITTABLE, RawDocument, Rejection
+from pipeline.documents import SPLITTABLE, InputSpec, RawDocument, Rejection, frame_file, split_format
 from pipeline.encode import BlockRows
 
 SPLIT_BYTES = 64 << 20
@@ -56,18 +56,10 @@ _OWN_FILES = re.compile(
 # Inputs
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    fmt: str
-    pattern: str
-
-
 def parse_input(spec: str, default_format: str) -> InputSpec:
-    """'FORMAT:GLOB' or a bare GLOB (then `default_format`); 'gs://…' is not mistaken for a format."""
-    head, sep, rest = spec.partition(":")
-    if sep and head in FORMATS:
-        return InputSpec(head, _absolute(rest))
-    return InputSpec(default_format, _absolute(spec))
+    """'FORMAT:GLOB' or a bare GLOB (then `default_format`); an unknown FORMAT is a ValueError (split_format)."""
+    fmt, pattern = split_format(spec, default_format)
+    return InputSpec(fmt, _absolute(pattern))
 
 
 def _absolute(pattern: str) -> str:
@@ -130,7 +122,7 @@ class _ReadRangeFn(beam.DoFn):
     def process(self, rng: ReadRange) -> Iterator[RawDocument]:
         raw = rng.fmt == wikidump.FORMAT  # the dump reader decompresses itself, stream by stream
         with FileSystems.open(rng.path, compression_type=CompressionTypes.UNCOMPRESSED if raw else CompressionTypes.AUTO) as f:
-            yield from FRAMERS[rng.fmt](f, rng.source, rng.start, rng.end)
+            yield from frame_file(rng.fmt, f, rng.source, rng.start, rng.end)
 
 
 class ReadDocuments(beam.PTransform):

@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from contract.annotate import CHUNK_CHARS, MODEL, load_model_spans
 from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE, summarize
 from contract.tokenizer import load_tokenizer, normalizer_identity, tokens_sha256, vocab_list
-from pipeline.documents import FORMATS, CleanOptions
+from pipeline.documents import FORMATS, CleanOptions, split_format
 from pipeline.io import (
     SPLIT_BYTES,
     ReadDocuments,
@@ -94,6 +94,28 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
             codecs.lookup(args.encoding_fallback)
         except LookupError:
             parser.error(f"--encoding-fallback: unknown codec {args.encoding_fallback!r}")
+    _check_paths(args, parser)
+
+
+def _check_paths(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Bad local paths fail here, in one line, before Beam starts (not after the whole pipeline has run)."""
+    import glob
+    import os
+
+    for spec in args.input:
+        try:
+            _, pattern = split_format(spec, args.format)
+        except ValueError as e:
+            parser.error(str(e))
+        if "://" in pattern or glob.has_magic(pattern):
+            continue  # a glob is matched (and an empty match refused) by match_inputs, still before Beam
+        if os.path.isdir(pattern):
+            parser.error(f"--input {spec}: is a directory; give a glob of its files, e.g. {pattern.rstrip('/')}/*.txt")
+        if os.path.exists(pattern) and not os.access(pattern, os.R_OK):
+            parser.error(f"--input {spec}: not readable (permission denied)")
+    out = args.output
+    if "://" not in out and os.path.exists(out) and not os.path.isdir(out):
+        parser.error(f"--output {out}: exists and is not a directory")
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:

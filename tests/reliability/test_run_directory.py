@@ -1,0 +1,162 @@
+"""Faults survived by a run directory (issue 20, docs/integrity.md): two trainers on one --out, a kill
+between a log line and a checkpoint, debris of interrupted saves, a full disk, an export over a full
+directory. Each test reproduces the fault as a user meets it; on the code before the fix each failed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from contract.cli import run_main
+from tests.trainer.conftest import cli, set_args, tiny_config
+from trainer import checkpoint
+from trainer.__main__ import main as trainer_main
+from trainer.export import main as export_main
+from trainer.train import run
+
+
+def _args(shards: Path, out: Path, **train) -> list[str]:
+    cfg = tiny_config(train={"max_steps": 4, "ckpt_every": 2, **train})
+    return ["--config", "tiny", "--data", str(shards), "--out", str(out), *set_args(cfg)]
+
+
+def _one_error_line(err: str) -> str:
+    lines = [x for x in err.strip().splitlines() if x.strip() and not x.startswith("[trainer]") and "train:" not in x]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def _wait_for_step(out: Path, proc: subprocess.Popen, step: int) -> None:
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        metrics = out / "metrics.jsonl"
+        if metrics.is_file() and any(json.loads(x)["step"] >= step for x in metrics.read_text().splitlines() if x.strip()):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.01)
+    raise AssertionError("the first trainer made no progress")
+
+
+@pytest.mark.slow
+def test_a_second_trainer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(small_shards, tmp_path):
+    out = tmp_path / "run"
+    first = cli(_args(small_shards, out, max_steps=100_000, ckpt_every=5), background=True)
+    try:
+        _wait_for_step(out, first, 2)
+        second = cli(_args(small_shards, out, max_steps=4), timeout=120)
+        line = _one_error_line(second.stderr)
+        assert second.returncode == 2 and f"PID {first.pid} on host" in line and "in use" in line, second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # kill -9: the lock file stays behind, naming the dead PID
+        first.wait()
+    resumed = cli([*_args(small_shards, out, max_steps=8, ckpt_every=5), "--resume", "auto"], timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"took over the stale lock of PID {first.pid}" in resumed.stderr
+
+
+def test_the_lock_is_refused_in_process_too_and_released_after_the_run(small_shards, tmp_path, capsys):
+    from contract.rundir import RunLock
+
+    out = tmp_path / "run"
+    with RunLock(out, log=lambda _: None):  # another holder (a separate open file: flock conflicts)
+        assert run_main(trainer_main, _args(small_shards, out)) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"PID {os.getpid()}" in line and str(out) in line
+    assert run_main(trainer_main, _args(small_shards, out)) == 0  # released: the run goes ahead
+    assert "took over" not in capsys.readouterr().err  # a cleanly released lock is not stale
+
+
+def test_sidecar_checksum_vouches_for_the_bytes_this_writer_wrote(tmp_path, monkeypatch):
+    """Two writers: A renames its file, then B's rename lands before A hashes. The old code hashed the file
+    after the rename, so A's sidecar vouched for B's bytes and the mix passed verification."""
+    real_replace = os.replace
+
+    def other_writer_lands_after(src, dst):
+        real_replace(src, dst)
+        if str(dst).endswith(".pt"):
+            torch.save({"format_version": checkpoint.FORMAT_VERSION, "step": 3, "mine": torch.ones(3)}, dst)
+
+    monkeypatch.setattr(os, "replace", other_writer_lands_after)
+    path = checkpoint.save(tmp_path, 3, {"mine": torch.zeros(3)}, keep_last=2)
+    monkeypatch.setattr(os, "replace", real_replace)
+    with pytest.raises(ValueError, match="sha256 mismatch|truncated"):  # B's bytes are not what A vouched for
+        checkpoint.read(path)
+
+
+def test_temporary_names_are_unique_per_write(tmp_path):
+    from contract.rundir import temporary_name
+
+    names = {temporary_name(tmp_path / "step-00000002.pt") for _ in range(100)}
+    assert len(names) == 100 and all(n.parent == tmp_path and n.name.endswith(".tmp") for n in names)
+
+
+def test_no_duplicate_steps_in_metrics_after_a_resume(small_shards, tmp_path):
+    """A run killed after logging steps 5-6 but before saving them: the resume re-runs 5-6."""
+    out = tmp_path / "run"
+    cfg = tiny_config(train={"max_steps": 6, "ckpt_every": 4})
+    run(cfg, small_shards, out)
+    for suffix in (".pt", ".json"):  # what the kill took: the checkpoint of step 6
+        (checkpoint.ckpt_dir(out) / f"step-00000006{suffix}").unlink()
+    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"step": 7, "lo')  # torn last line
+    run(cfg, small_shards, out, resume="auto")
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_auto_removes_the_temporaries_of_interrupted_saves(small_shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tiny_config(train={"max_steps": 2, "ckpt_every": 2})
+    run(cfg, small_shards, out)
+    debris = [checkpoint.ckpt_dir(out) / ".step-00000004.pt.tmp",  # the old fixed name
+              checkpoint.ckpt_dir(out) / ".step-00000004.pt.1234-abcdef12.tmp"]
+    for p in debris:
+        p.write_bytes(b"\0" * 1000)
+    run(tiny_config(train={"max_steps": 4, "ckpt_every": 2}), small_shards, out, resume="auto")
+    assert not any(p.exists() for p in debris)
+    assert "removed 2 temporary file(s)" in capsys.readouterr().err
+    assert checkpoint.load(out).step == 4
+
+
+def test_export_refuses_a_non_empty_out_without_overwrite(small_shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(tiny_config(train={"max_steps": 2, "ckpt_every": 2}), small_shards, out)
+    target = tmp_path / "hf"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    assert run_main(export_main, [str(out), str(target), "--data", str(small_shards)]) == 2
+    assert "--overwrite" in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]  # nothing written
+    assert run_main(export_main, [str(out), str(target), "--data", str(small_shards), "--overwrite"]) == 0
+    assert (target / "config.json").is_file() and (target / "notes.txt").read_text() == "mine"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MB tmpfs: room for the run's small files, not for a checkpoint of the tiny model (~11 MB)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_checkpointing_is_one_line_leaves_no_debris_and_resume_says_the_same(small_shards, small_disk):
+    out = small_disk / "run"
+    for attempt in ("fresh", "resume auto"):
+        extra = ["--resume", "auto"] if attempt == "resume auto" else []
+        done = cli([*_args(small_shards, out), *extra], timeout=120)
+        line = _one_error_line(done.stderr)
+        assert done.returncode == 3, (attempt, done.returncode, done.stderr)
+        assert "step-00000002.pt" in line and "No space left on device" in line, line
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")], attempt  # the partial file is gone
+        assert "Exception in thread" not in done.stderr
