@@ -50,7 +50,7 @@ def test_a_second_trainer_is_refused_naming_the_holder_and_a_dead_holders_lock_i
     first = cli(_args(small_shards, out, max_steps=100_000, ckpt_every=5), background=True)
     try:
         _wait_for_step(out, first, 2)
-        second = cli(_args(small_shards, out, max_steps=4), timeout=120)
+        second = cli([*_args(small_shards, out, max_steps=4), "--resume", "auto"], timeout=120)  # a requeued job
         line = _one_error_line(second.stderr)
         assert second.returncode == 2 and f"PID {first.pid} on host" in line and "in use" in line, second.stderr
     finally:
@@ -160,3 +160,15 @@ def test_a_full_disk_while_checkpointing_is_one_line_leaves_no_debris_and_resume
         assert "step-00000002.pt" in line and "No space left on device" in line, line
         assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")], attempt  # the partial file is gone
         assert "Exception in thread" not in done.stderr
+
+
+def test_finetune_holds_the_lock_on_its_out(tmp_path, capsys):
+    from contract.rundir import RunLock
+    from finetune.__main__ import main as finetune_main
+
+    out = tmp_path / "ft"
+    with RunLock(out, log=lambda _: None):  # refused before the model, train or dev file is even read
+        argv = ["squad", "--model", str(tmp_path / "m"), "--train", "t.json", "--dev", "d.json", "--out", str(out)]
+        assert run_main(finetune_main, argv) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"fine-tuning directory in use by PID {os.getpid()}" in line
