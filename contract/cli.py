@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -64,6 +65,8 @@ def one_line(e: BaseException) -> str:
         last = msg.splitlines()[-1]
         msg = last.split(": ", 1)[1] if ": " in last else last
     msg = " ".join(msg.split())  # newlines and runs of spaces -> one space
+    if isinstance(e, RuntimeError):  # Beam re-raises a worker's error as "package.module.Type: message"
+        msg = re.sub(r"^(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*: ", "", msg)
     if not msg:
         return type(e).__name__
     return msg if isinstance(e, _PLAIN) else f"{type(e).__name__}: {msg}"

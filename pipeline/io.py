@@ -12,6 +12,7 @@ file (one WikiExtractor dump) over every worker for the expensive stages.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from contract.rundir import WriteFailed
 from contract.schema import (
     BLOCK_SCHEMA,
     DEAD_LETTER,
@@ -171,9 +173,14 @@ def prepare_output(directory: str, overwrite: bool) -> None:
 def write_atomic(path: str, data: bytes) -> None:
     """Write under a temporary name, then rename: no partial file is ever visible as `path`."""
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
+    try:
+        with FileSystems.create(tmp) as f:
+            f.write(data)
+        FileSystems.rename([tmp], [path])
+    except OSError as e:  # a full disk / I/O error: no partial file left behind, one line naming the file
+        with contextlib.suppress(Exception):
+            FileSystems.delete([tmp])
+        raise WriteFailed(path, e) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from contract.annotate import CHUNK_CHARS, MODEL, load_model_spans
+from contract.cli import debug_requested
 from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE, summarize
 from contract.tokenizer import load_tokenizer, normalizer_identity, tokens_sha256, vocab_list
 from pipeline.documents import FORMATS, CleanOptions, split_format
@@ -236,6 +237,12 @@ def _local_runner() -> beam.runners.PipelineRunner:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # A DoFn's error is logged with its traceback by Beam (and by its worker processes), then re-raised:
+    # run_main prints it as one line; --debug / SPANBERT_DEBUG=1 keep Beam's logs.
+    if not debug_requested(sys.argv):
+        for name in ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker",
+                     "apache_beam.runners.portability.local_job_service"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         run(argv)
     except (FileExistsError, FileNotFoundError, ValueError) as e:

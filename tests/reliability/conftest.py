@@ -3,6 +3,7 @@ pipeline without spaCy (a few seconds each), and the trainer's tiny config."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,15 @@ def other_shards(tmp_path_factory) -> Path:
     """Same vocabulary, half the documents: the resume that must be refused."""
     return write_shards(tmp_path_factory.mktemp("rel") / "half", num_docs=4, block_size=64, num_shards=2,
                         max_chars=2000)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MB tmpfs to fill: room for a run's small files, not for a checkpoint of the tiny model (~11 MB)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -102,3 +102,18 @@ def test_zero_row_shards_give_no_blocks_in_the_trainer(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"error: {tmp_path / 'out'}: no blocks (1 shards, 0 rows; the pipeline read 1 documents "
                                    "and rejected 1, see its dead_letter.jsonl)")
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_writing_shards_or_manifest_is_one_line_and_leaves_no_temporaries(tmp_path, small_disk):
+    (small_disk / "ballast").write_bytes(b"\0" * (6 * 2**20 - 300 * 2**10))  # 300 KB left: the shard fits, the rest not
+    (tmp_path / "w.txt").write_bytes(_wiki("\n"))
+    out = small_disk / "out"
+    done = subprocess.run([sys.executable, "-m", "pipeline", "--input", str(tmp_path / "w.txt"), "--vocab", str(VOCAB),
+                           "--output", str(out), "--no-annotate", "--num-shards", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": ""})
+    lines = [x for x in done.stderr.strip().splitlines() if x.strip()]
+    assert done.returncode == 3 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: {out}/") and "write failed: No space left on device (ENOSPC)" in lines[0], lines
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not (out / "manifest.json").exists()  # never a manifest that vouches for a partial directory

@@ -137,18 +137,6 @@ def test_export_refuses_a_non_empty_out_without_overwrite(small_shards, tmp_path
     assert (target / "config.json").is_file() and (target / "notes.txt").read_text() == "mine"
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 6 MB tmpfs: room for the run's small files, not for a checkpoint of the tiny model (~11 MB)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 @pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_one_line_leaves_no_debris_and_resume_says_the_same(small_shards, small_disk):
     out = small_disk / "run"
