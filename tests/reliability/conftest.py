@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.trainer.conftest import one_torch_thread  # noqa: F401 - autouse here too: one intra-op thread on the CI box
 from tests.trainer.shards import write_shards
 
 

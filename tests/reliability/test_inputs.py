@@ -92,17 +92,16 @@ def test_a_directory_as_input_and_a_file_as_output_fail_before_beam(tmp_path, ca
     assert not (tmp_path / "o").exists()  # refused before prepare_output, so before any Beam work
 
 
-@pytest.mark.slow
-def test_zero_row_shards_give_no_blocks_in_the_trainer(tmp_path):
+def test_zero_row_shards_give_no_blocks_in_the_trainer(tmp_path, capsys):
+    from trainer.__main__ import main as trainer_main
+
     (tmp_path / "empty.jsonl").write_text('{"id": 1, "text": "   "}\n')  # one document, rejected as empty
     _pipeline(tmp_path, [f"jsonl:{tmp_path}/empty.jsonl"])
-    done = subprocess.run([sys.executable, "-m", "trainer", "--config", "tiny", "--data", str(tmp_path / "out"),
-                           "--out", str(tmp_path / "run"), "--set", "data.num_workers=0"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": ""})
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == (f"error: {tmp_path / 'out'}: no blocks (1 shards, 0 rows; the pipeline read 1 documents "
-                                   "and rejected 1, see its dead_letter.jsonl)")
-
+    capsys.readouterr()
+    argv = ["--config", "tiny", "--data", str(tmp_path / "out"), "--out", str(tmp_path / "run"), "--set", "data.num_workers=0"]
+    assert run_main(trainer_main, argv) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'out'}: no blocks (1 shards, 0 rows; the pipeline "
+                                               "read 1 documents and rejected 1, see its dead_letter.jsonl)")
 
 @pytest.mark.slow
 def test_a_full_disk_while_writing_shards_or_manifest_is_one_line_and_leaves_no_temporaries(tmp_path, small_disk):
