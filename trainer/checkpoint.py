@@ -30,6 +30,7 @@ and every setting that shapes the batch plan and the masks; `run_plan(cfg, world
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 import os
@@ -95,8 +96,8 @@ class RunPlan:
     def to_dict(self) -> dict[str, Any]:
         """Flat {"seed": 0, "masking.scheme": "geometric", ...}, plain values (weights_only-loadable)."""
         flat = {k: v for k, v in dataclasses.asdict(self).items() if k != "masking"}
-        flat.update({f"masking.{k}": list(v) if isinstance(v, tuple) else v for k, v in self.masking.items()})
-        return flat
+        flat.update({f"masking.{k}": v for k, v in self.masking.items()})
+        return {k: _plain(v) for k, v in flat.items()}
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
         """'name: recorded -> now' for every field that differs from a stored `to_dict()`; a field one side
@@ -124,6 +125,13 @@ def run_plan(cfg: Config, world: int, manifest: Manifest) -> RunPlan:
         pad_to_multiple=d.pad_to_multiple, holdout_fraction=d.holdout_fraction, max_position=cfg.model.max_position,
         masking=masking,
     )
+
+
+def _plain(v: Any) -> Any:
+    """A value torch.load(weights_only=True) rebuilds: enums as their value, tuples as lists."""
+    if isinstance(v, enum.Enum):
+        return v.value
+    return [_plain(x) for x in v] if isinstance(v, tuple | list) else v
 
 
 def _short(v: Any) -> str:
