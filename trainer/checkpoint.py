@@ -82,7 +82,7 @@ class RunPlan:
     blocks: int  # rows over all shards
     block_size: int  # the pipeline's --block-size
     seed: int  # train.seed: shuffling, masks, dropout
-    objective: str  # mlm / mlm+sbo / mlm+nsp (data.mode + model.use_sbo + model.use_nsp)
+    objective: str  # model.objective: mlm / mlm+sbo / mlm+nsp
     batch_size: int
     batch_tokens: int
     step_tokens: int
@@ -97,7 +97,7 @@ class RunPlan:
         """Flat {"seed": 0, "masking.scheme": "geometric", ...}, plain values (weights_only-loadable)."""
         flat = {k: v for k, v in dataclasses.asdict(self).items() if k != "masking"}
         flat.update({f"masking.{k}": v for k, v in self.masking.items()})
-        return {k: _plain(v) for k, v in flat.items()}
+        return {k: plain(v) for k, v in flat.items()}
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
         """'name: recorded -> now' for every field that differs from a stored `to_dict()`; a field one side
@@ -116,22 +116,21 @@ def run_plan(cfg: Config, world: int, manifest: Manifest) -> RunPlan:
     """THE one place a config becomes a RunPlan (a renamed config field is a one-line change here)."""
     data_sha256, blocks = data_identity(manifest)
     masking = {k: v for k, v in dataclasses.asdict(cfg.masking).items() if k not in ("seed", "max_sbo_targets")}
-    objective = "mlm" + ("+sbo" if cfg.model.use_sbo else "") + ("+nsp" if cfg.model.use_nsp else "")
     d = cfg.data
     return RunPlan(
         data_sha256=data_sha256, blocks=blocks, block_size=manifest.block_size, seed=cfg.train.seed,
-        objective=objective, batch_size=d.batch_size, batch_tokens=d.batch_tokens, step_tokens=d.step_tokens,
+        objective=str(cfg.model.objective), batch_size=d.batch_size, batch_tokens=d.batch_tokens, step_tokens=d.step_tokens,
         micro_batches_per_step=world * cfg.train.grad_accum, bucket_window=d.bucket_window,
         pad_to_multiple=d.pad_to_multiple, holdout_fraction=d.holdout_fraction, max_position=cfg.model.max_position,
         masking=masking,
     )
 
 
-def _plain(v: Any) -> Any:
+def plain(v: Any) -> Any:
     """A value torch.load(weights_only=True) rebuilds: enums as their value, tuples as lists."""
     if isinstance(v, enum.Enum):
         return v.value
-    return [_plain(x) for x in v] if isinstance(v, tuple | list) else v
+    return [plain(x) for x in v] if isinstance(v, tuple | list) else v
 
 
 def _short(v: Any) -> str:

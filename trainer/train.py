@@ -293,7 +293,7 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
         if isinstance(a, dict) and isinstance(b, dict):
             out += _config_changes(a, b, f"{prefix}{k}.")
         elif a != b:
-            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+            out.append(f"{prefix}{k} {checkpoint.plain(a)!r} -> {checkpoint.plain(b)!r}")  # enums by value
     return out
 
 
