@@ -91,6 +91,7 @@ class RunPlan:
     pad_to_multiple: int
     holdout_fraction: float
     max_position: int
+    phases: tuple[tuple[float, int], ...]  # data.phases: sequence-length phases (their own plans and masks)
     masking: dict[str, Any]  # MaskingConfig's fields (scheme, mask_ratio, geometric_p, ...), seed left to `seed`
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def run_plan(cfg: Config, world: int, manifest: Manifest) -> RunPlan:
         objective=str(cfg.model.objective), batch_size=d.batch_size, batch_tokens=d.batch_tokens, step_tokens=d.step_tokens,
         micro_batches_per_step=world * cfg.train.grad_accum, bucket_window=d.bucket_window,
         pad_to_multiple=d.pad_to_multiple, holdout_fraction=d.holdout_fraction, max_position=cfg.model.max_position,
-        masking=masking,
+        phases=tuple(tuple(p) for p in d.phases), masking=masking,
     )
 
 
