@@ -65,7 +65,7 @@ class FinetuneConfig:
 def run(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
     with distributed() as d:
         # One writer per --out (contract.rundir): a second fine-tuning run there is refused, naming the holder.
-        lock = RunLock(out, "fine-tuning directory", lambda msg: _log(d, msg)).acquire() if d.main else None
+        lock = RunLock(out, "fine-tuning directory", lambda msg: log(d, cfg.task, msg)).acquire() if d.main else None
         try:
             return _run(cfg, out, d)
         finally:
