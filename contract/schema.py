@@ -86,6 +86,11 @@ class Manifest:
         return [ShardInfo.from_json(s) for s in self.raw["shards"]]
 
     @property
+    def block_size(self) -> int:
+        """The pipeline's --block-size (a resume's RunPlan records it)."""
+        return int(self.raw["block_size"])
+
+    @property
     def vocab_sha256(self) -> str:
         return self.raw["tokenizer"]["vocab_sha256"]
 

@@ -86,11 +86,11 @@ def load_pretrained(src: str | Path, vocab: str | None = None, data: str | None 
         state = {k: t for k, t in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
         qa = _qa_head(src)
         return Pretrained(cfg, {**state, **qa}, v, str(src))
-    path, state = checkpoint.load_run_or_file(src)
-    cfg = ModelConfig(**state["config"]["model"])
-    v = check_vocab(locate_vocab(path, vocab, None, data), state["vocab_sha256"], cfg.vocab_size, f"checkpoint {path}")
-    encoder = {k: t for k, t in state["model"].items() if k.startswith(ENCODER_PREFIXES)}
-    return Pretrained(cfg, encoder, v, str(path))
+    ckpt = checkpoint.load(src)
+    cfg = ckpt.config.model
+    v = check_vocab(locate_vocab(ckpt.path, vocab, None, data), ckpt.vocab_sha256, cfg.vocab_size, f"checkpoint {ckpt.path}")
+    encoder = {k: t for k, t in ckpt.model.items() if k.startswith(ENCODER_PREFIXES)}
+    return Pretrained(cfg, encoder, v, str(ckpt.path))
 
 
 def _qa_head(hf_dir: Path) -> dict[str, Tensor]:

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from contract.rundir import RunLock
 from contract.tokenizer import Vocabulary, load_tokenizer
 from finetune.data import SquadSet, load_squad
 from finetune.decode import DecodeConfig, Decoded, decode
@@ -63,7 +64,13 @@ class FinetuneConfig:
 
 def run(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
     with distributed() as d:
-        return _run(cfg, out, d)
+        # One writer per --out (contract.rundir): a second fine-tuning run there is refused, naming the holder.
+        lock = RunLock(out, "fine-tuning directory", lambda msg: log(d, cfg.task, msg)).acquire() if d.main else None
+        try:
+            return _run(cfg, out, d)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def _load(cfg: FinetuneConfig) -> tuple[SquadSet, SquadSet, MrqaSet | None]:

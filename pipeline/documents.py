@@ -32,6 +32,8 @@ class RawDocument:
     data: bytes
     kind: str  # "wiki" (WikiExtractor <doc> body), "json" (one JSON object), "text" (a whole file)
     offset: int = 0  # byte offset of the document in its file (for dead-letter details)
+    # Set for a whole file that framed into no document (`unframed_file`): the cleaner rejects it as is.
+    problem: Rejection | None = None
 
 
 @dataclass
@@ -78,20 +80,34 @@ _DOC_OPEN = re.compile(rb"^<doc\b([^>]*)>")
 _ATTR = re.compile(rb'(\w+)="([^"]*)"')
 
 
+# A line ends at "\n", "\r\n" or a lone "\r" (old Mac files): all three frame documents identically.
+_AFTER_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+
+
+def _split_cr(line: bytes) -> list[bytes]:
+    """A "\n"-terminated line cut after every lone "\r" (readline only knows "\n")."""
+    return _AFTER_LONE_CR.split(line) if b"\r" in line else [line]
+
+
 def _lines_from(stream: BinaryIO, start: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, line) for every line that begins at or after `start`."""
+    """(offset, line) for every line that begins at or after `start`; "\n", "\r\n" and "\r" end lines."""
     pos = 0
+    pending: list[bytes] = []
     if start > 0:
         stream.seek(start - 1)
         pos = start - 1
-        partial = stream.readline()  # ends the line that straddles `start` (or is just b"\n")
+        # The line that straddles `start` (or just its terminator) belongs to the previous range.
+        partial, *pending = _split_cr(stream.readline())
         pos += len(partial)
     while True:
-        line = stream.readline()
-        if not line:
+        for line in pending:
+            if line:
+                yield pos, line
+                pos += len(line)
+        raw = stream.readline()
+        if not raw:
             return
-        yield pos, line
-        pos += len(line)
+        pending = _split_cr(raw)
 
 
 def frame_wikiextractor(
@@ -161,6 +177,73 @@ def frame_wikidump(stream: BinaryIO, source: str, start: int = 0, end: int | Non
 
 FRAMERS = {"wikiextractor": frame_wikiextractor, "jsonl": frame_jsonl, "text": frame_text, "wikidump": frame_wikidump}
 SPLITTABLE = {"wikiextractor": True, "jsonl": True, "text": False, "wikidump": False}  # dumps: wikidump.plan_dump
+_SNIFF_BYTES = 4096
+_WHOLE_FILE_CHECKED = ("wikiextractor", "jsonl", "text")
+
+
+def frame_file(fmt: str, stream: BinaryIO, source: str, start: int = 0, end: int | None = None) -> Iterator[RawDocument]:
+    """FRAMERS[fmt] over one range, and, when the file's first range frames no document at all, one
+    RawDocument carrying a Rejection for the whole file (`unframed_file`): input that is not in its declared
+    format is a counted dead letter, never silence."""
+    found = False
+    for raw in FRAMERS[fmt](stream, source, start, end):
+        found = True
+        yield raw
+    # A dump's first range is its header stream, never a page: wikidump dead-letters its own bad streams.
+    if not found and start == 0 and fmt in _WHOLE_FILE_CHECKED:
+        stream.seek(0)
+        yield unframed_file(fmt, source, stream.read(_SNIFF_BYTES))
+
+
+def unframed_file(fmt: str, source: str, head: bytes) -> RawDocument:
+    """The dead letter of a file that framed into no document, with the likely reason read off its first bytes."""
+    if not head.strip():
+        reason, detail = "empty_file", "no text"
+    elif head[:2] in (b"\xff\xfe", b"\xfe\xff") or _alternating_nuls(head):
+        reason, detail = "utf16", "UTF-16 text (a BOM or every other byte NUL); convert it to UTF-8"
+    elif b"\x00" in head or not _utf8_prefix(head):
+        reason, detail = "binary", "NUL bytes or invalid UTF-8 in the first bytes: not a text file"
+    else:
+        reason = f"no_{fmt}_docs"
+        first = head.lstrip().split(b"\n", 1)[0][:60].decode("utf-8", "replace")
+        detail = f"no {fmt} document in the file (it begins {first!r}); is --format / FORMAT: right?"
+    rejection = Rejection(source, source, reason, detail)
+    return RawDocument(source, source, b"", "file", 0, problem=rejection)
+
+
+def _alternating_nuls(head: bytes) -> bool:
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    return max(even, odd) > len(head) // 4 and min(even, odd) < len(head) // 50
+
+
+def _utf8_prefix(head: bytes) -> bool:
+    """`head` is valid UTF-8 up to a character the sniffed prefix may have cut at its end."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return len(head) == _SNIFF_BYTES and e.start >= len(head) - 3 and e.reason == "unexpected end of data"
+    return True
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    fmt: str
+    pattern: str
+
+
+_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(?!//)")
+
+
+def split_format(spec: str, default_format: str) -> tuple[str, str]:
+    """'FORMAT:GLOB' -> (FORMAT, GLOB), a bare GLOB -> (default_format, GLOB). 'gs://…' is a URL, not a
+    format; any other 'word:' prefix must be a known format (ValueError listing them), so a typo such as
+    'wikidump:F.xml.bz2' is never taken for a file name."""
+    m = _PREFIX.match(spec)
+    if m is None or len(m.group(1)) == 1:  # one letter: a Windows drive ("C:")
+        return default_format, spec
+    if m.group(1) not in FORMATS:
+        raise ValueError(f"--input {spec}: unknown format {m.group(1)!r}; known formats: {', '.join(FORMATS)}")
+    return m.group(1), spec[m.end():]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +279,8 @@ def strip_markup(text: str) -> tuple[str, bool]:
 
 
 def clean_document(raw: RawDocument, opts: CleanOptions) -> Document | Rejection:
+    if raw.problem is not None:
+        return raw.problem
     flags: dict[str, int] = {}
     decoded = decode(raw.data, opts.encoding_fallback)
     if decoded.text is None:

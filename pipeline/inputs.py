@@ -25,16 +25,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import wikidump
-from pipeline.documents import FORMATS, FRAMERS, SPLITTABLE, RawDocument
+from pipeline.documents import FORMATS, SPLITTABLE, InputSpec, RawDocument, frame_file, split_format
 
 SPLIT_BYTES = 64 << 20
 _GLOB = re.compile(r"[*?\[]")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    fmt: str
-    pattern: str
 
 
 @dataclass(frozen=True)
@@ -85,8 +79,8 @@ def _byte_ranges(splittable: bool) -> Callable[[FileMeta, int], list[tuple[int, 
 
 
 def _framed(fmt: str) -> Callable[[ReadRange, BinaryIO], Iterator[RawDocument]]:
-    framer = FRAMERS[fmt]
-    return lambda rng, stream: framer(stream, rng.source, rng.start, rng.end)
+    # frame_file: a file that frames into no document is a counted dead letter, never silence
+    return lambda rng, stream: frame_file(fmt, stream, rng.source, rng.start, rng.end)
 
 
 INPUT_FORMATS: dict[str, InputFormat] = {f: InputFormat(_byte_ranges(SPLITTABLE[f]), _framed(f)) for f in FORMATS}
@@ -97,11 +91,9 @@ INPUT_FORMATS[wikidump.FORMAT] = InputFormat(
 
 
 def parse_input(spec: str, default_format: str) -> InputSpec:
-    """'FORMAT:GLOB' or a bare GLOB (then `default_format`); 'gs://…' is not mistaken for a format."""
-    head, sep, rest = spec.partition(":")
-    if sep and head in FORMATS:
-        return InputSpec(head, _absolute(rest))
-    return InputSpec(default_format, _absolute(spec))
+    """'FORMAT:GLOB' or a bare GLOB (then `default_format`); an unknown FORMAT is a ValueError (split_format)."""
+    fmt, pattern = split_format(spec, default_format)
+    return InputSpec(fmt, _absolute(pattern))
 
 
 def _absolute(pattern: str) -> str:

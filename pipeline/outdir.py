@@ -3,12 +3,14 @@ and cleanup, all through Beam's FileSystems layer."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from contract.rundir import WriteFailed
 from contract.schema import DEAD_LETTER, MANIFEST, TOKENIZER_FILE, UNIGRAM_FILE, VOCAB_FILE
 
 # Every name this pipeline writes: shards (today's `shard-RRRRR-PPPP.arrow` and the earlier
@@ -58,9 +60,14 @@ def remove_temporaries(directory: str) -> None:
 def write_atomic(path: str, data: bytes) -> None:
     """Write under a temporary name, then rename: no partial file is ever visible as `path`."""
     tmp = temp_name(path)
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
+    try:
+        with FileSystems.create(tmp) as f:
+            f.write(data)
+        FileSystems.rename([tmp], [path])
+    except OSError as e:  # a full disk / I/O error: no partial file left behind, one line naming the file
+        with contextlib.suppress(Exception):
+            FileSystems.delete([tmp])
+        raise WriteFailed(path, e) from None
 
 
 def read_text(path: str) -> str:

@@ -23,9 +23,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from contract.annotate import AVAILABLE, CHUNK_CHARS, MODEL, load_model_spans
+from contract.cli import debug_requested
 from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE, summarize
 from contract.tokenizer import load_tokenizer, normalizer_identity, tokens_sha256, vocab_list
-from pipeline.documents import FORMATS, CleanOptions
+from pipeline.documents import FORMATS, CleanOptions, split_format
 from pipeline.inputs import SPLIT_BYTES, ReadRange, match_inputs, parse_input, plan_ranges
 from pipeline.manifest import WriteManifest
 from pipeline.outdir import join, prepare_output, read_text
@@ -87,6 +88,28 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
             codecs.lookup(args.encoding_fallback)
         except LookupError:
             parser.error(f"--encoding-fallback: unknown codec {args.encoding_fallback!r}")
+    _check_paths(args, parser)
+
+
+def _check_paths(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Bad local paths fail here, in one line, before Beam starts (not after the whole pipeline has run)."""
+    import glob
+    import os
+
+    for spec in args.input:
+        try:
+            _, pattern = split_format(spec, args.format)
+        except ValueError as e:
+            parser.error(str(e))
+        if "://" in pattern or glob.has_magic(pattern):
+            continue  # a glob is matched (and an empty match refused) by match_inputs, still before Beam
+        if os.path.isdir(pattern):
+            parser.error(f"--input {spec}: is a directory; give a glob of its files, e.g. {pattern.rstrip('/')}/*.txt")
+        if os.path.exists(pattern) and not os.access(pattern, os.R_OK):
+            parser.error(f"--input {spec}: not readable (permission denied)")
+    out = args.output
+    if "://" not in out and os.path.exists(out) and not os.path.isdir(out):
+        parser.error(f"--output {out}: exists and is not a directory")
 
 
 @dataclass(frozen=True)
@@ -238,6 +261,12 @@ def _local_runner() -> beam.runners.PipelineRunner:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # A DoFn's error is logged with its traceback by Beam (and by its worker processes), then re-raised:
+    # run_main prints it as one line; --debug / SPANBERT_DEBUG=1 keep Beam's logs.
+    if not debug_requested(sys.argv):
+        for name in ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker",
+                     "apache_beam.runners.portability.local_job_service"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         run(argv)
     except (FileExistsError, FileNotFoundError, ValueError) as e:

@@ -1,4 +1,4 @@
-"""python -m trainer --config CONFIG --data SHARDS --out RUN_DIR [--max-steps N] [--set section.field=value ...] [--resume auto] [--init-from HF_DIR] [--verify-shards]
+"""python -m trainer --config CONFIG --data SHARDS --out RUN_DIR [--max-steps N] [--set section.field=value ...] [--resume auto] [--allow-plan-change] [--init-from HF_DIR] [--verify-shards]
 
 The same command runs under `torchrun --nproc_per_node=N -m trainer ...` (gloo on CPU, NCCL on GPU).
 """
@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="'auto': newest valid checkpoint in --out; a checkpoint path; 'never' (default)")
     p.add_argument("--init-from", metavar="HF_DIR",
                    help="start a fresh run from a transformers BERT directory (ignored when a checkpoint resumes)")
+    p.add_argument("--allow-plan-change", action="store_true",
+                   help="resume although the data, seed, batch or masking settings differ from the checkpoint's "
+                        "(refused otherwise); the change is logged in RUN_DIR/history.jsonl")
     p.add_argument("--verify-shards", action="store_true",
                    help="compare every shard's sha256 with the manifest before training (reads every byte once)")
     args = p.parse_args(argv)
@@ -37,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             raise ShardError(args.data, f"--verify-shards: {len(problems)} shard(s) differ from the manifest: "
                              + "; ".join(f"{path.name}: {why}" for path, why in problems.items()), args.data)
-    summary = run(cfg, args.data, args.out, resume=args.resume, init_from=args.init_from)
+    summary = run(cfg, args.data, args.out, resume=args.resume, init_from=args.init_from,
+                  allow_plan_change=args.allow_plan_change)
     if os.environ.get("RANK", "0") == "0":
         print(f"[trainer] done: {summary}", file=sys.stderr)
     return 0

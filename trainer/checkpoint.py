@@ -2,11 +2,14 @@
 
 Layout (RUN_DIR/checkpoints/):
   step-00001000.pt     torch.save of {format_version, step, model, optimizer, data, rng, config,
-                       vocab_sha256, world_size, nonfinite}: tensors and plain Python values only
+                       vocab_sha256, world_size, nonfinite, plan}: tensors and plain Python values only
   step-00001000.json   sidecar written after the .pt: {step, file, bytes, sha256}
 
-Both files are written to a temporary name, flushed, fsync'ed and renamed (os.replace), so a crash
-leaves either the old or the new file, never half of one. A checkpoint is valid only if its sidecar
+Both files are written to a temporary name unique to the writer (contract.rundir.temporary_name),
+flushed, fsync'ed and renamed (os.replace), so a crash leaves either the old or the new file, never half
+of one. The sidecar's sha256 is of the bytes as they were written (hashed on the way to the file), not of
+the file read back after the rename, so it vouches for what this writer wrote. An OSError on the way
+(ENOSPC, EIO) removes the temporary and is re-raised as `WriteFailed`, one line naming the file. A checkpoint is valid only if its sidecar
 exists and the .pt's size and sha256 match it; `latest_valid` walks from the newest step down and
 reports (not raises) every one it skips, so a truncated or corrupt newest checkpoint falls back to the
 one before.
@@ -15,10 +18,20 @@ Loading never runs code: every load is `torch.load(weights_only=True)`, whose un
 tensors and plain containers/numbers/strings, so a file crafted to run code when unpickled is refused
 (a ValueError naming it). The sha256 sidecar cannot protect against that: whoever wrote the file wrote
 the sidecar. Hence the RNG states are stored as tensors and lists, not numpy / `random` objects.
+
+`load(src)` is the one reader for every consumer (resume, evaluate, export, finetune): a `Checkpoint`
+record with the stored config validated (`trainer.config.stored_config`). `read(path)` is the file
+layer beneath it (verified, untyped), for tools that inspect or rewrite the raw state.
+
+`RunPlan` is what a resume must keep to continue the same run (docs/integrity.md): the data's identity
+and every setting that shapes the batch plan and the masks; `run_plan(cfg, world, manifest)` builds it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import hashlib
 import json
 import os
 import pickle
@@ -27,12 +40,16 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from contract.schema import file_sha256
+from contract.rundir import WriteFailed, remove_temporaries, temporary_name
+
+if TYPE_CHECKING:
+    from contract.schema import Manifest
+    from trainer.config import Config
 
 FORMAT_VERSION = 2  # 2: weights_only-loadable (RNG states as plain values), no scheduler state
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
@@ -50,19 +67,123 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> TrainState:
-        return cls(step=int(state["step"]), data_position=int(state["data"]["next_batch"]),
-                   nonfinite_total=int(state["nonfinite"]))
+        return cls(step=int(state["step"]), data_position=int(state.get("data", {}).get("next_batch", 0)),
+                   nonfinite_total=int(state.get("nonfinite", 0)))
+
+
+# -- the run's plan: what a resume must not change silently -------------------------------------------
+@dataclass(frozen=True)
+class RunPlan:
+    """The data's identity and every setting that shapes the batch plan (trainer/data/plan.py) and the
+    masks. Two runs with equal plans see the same micro-batches with the same masks at the same steps.
+    The LR schedule is deliberately not here: a resume may change it (it is a function of step and config)."""
+
+    data_sha256: str  # sha256 over the manifest's (shard file, rows, sha256) list: which blocks, in which files
+    blocks: int  # rows over all shards
+    block_size: int  # the pipeline's --block-size
+    seed: int  # train.seed: shuffling, masks, dropout
+    objective: str  # model.objective: mlm / mlm+sbo / mlm+nsp
+    batch_size: int
+    batch_tokens: int
+    step_tokens: int
+    micro_batches_per_step: int  # world size x train.grad_accum: global micro-batches one step consumes
+    bucket_window: int
+    pad_to_multiple: int
+    holdout_fraction: float
+    max_position: int
+    phases: tuple[tuple[float, int], ...]  # data.phases: sequence-length phases (their own plans and masks)
+    masking: dict[str, Any]  # MaskingConfig's fields (scheme, mask_ratio, geometric_p, ...), seed left to `seed`
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat {"seed": 0, "masking.scheme": "geometric", ...}, plain values (weights_only-loadable)."""
+        flat = {k: v for k, v in dataclasses.asdict(self).items() if k != "masking"}
+        flat.update({f"masking.{k}": v for k, v in self.masking.items()})
+        return {k: plain(v) for k, v in flat.items()}
+
+    def differences(self, recorded: dict[str, Any]) -> list[str]:
+        """'name: recorded -> now' for every field that differs from a stored `to_dict()`; a field one side
+        lacks (a checkpoint from before it was recorded) is not compared."""
+        now = self.to_dict()
+        return [f"{k} {_short(recorded[k])} -> {_short(now[k])}" for k in now if k in recorded and recorded[k] != now[k]]
+
+
+def data_identity(manifest: Manifest) -> tuple[str, int]:
+    """(sha256 over the shard list, block count) of a shard directory; independent of where it lives."""
+    shards = [[s["file"], int(s["rows"]), s["sha256"]] for s in manifest.raw["shards"]]
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest(), sum(r for _, r, _ in shards)
+
+
+def run_plan(cfg: Config, world: int, manifest: Manifest) -> RunPlan:
+    """THE one place a config becomes a RunPlan (a renamed config field is a one-line change here)."""
+    data_sha256, blocks = data_identity(manifest)
+    masking = {k: v for k, v in dataclasses.asdict(cfg.masking).items() if k not in ("seed", "max_sbo_targets")}
+    d = cfg.data
+    return RunPlan(
+        data_sha256=data_sha256, blocks=blocks, block_size=manifest.block_size, seed=cfg.train.seed,
+        objective=str(cfg.model.objective), batch_size=d.batch_size, batch_tokens=d.batch_tokens, step_tokens=d.step_tokens,
+        micro_batches_per_step=world * cfg.train.grad_accum, bucket_window=d.bucket_window,
+        pad_to_multiple=d.pad_to_multiple, holdout_fraction=d.holdout_fraction, max_position=cfg.model.max_position,
+        phases=tuple(tuple(p) for p in d.phases), masking=masking,
+    )
+
+
+def plain(v: Any) -> Any:
+    """A value torch.load(weights_only=True) rebuilds: enums as their value, tuples as lists."""
+    if isinstance(v, enum.Enum):
+        return v.value
+    return [plain(x) for x in v] if isinstance(v, tuple | list) else v
+
+
+def _short(v: Any) -> str:
+    return f"{v[:12]}..." if isinstance(v, str) and len(v) == 64 else repr(v)
+
+
+# -- the typed record every consumer reads -----------------------------------------------------------
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint file, verified and typed. Training-only parts (optimizer, rng) are None in a
+    checkpoint written by a tool that stores just the model (tests, converters)."""
+
+    path: Path
+    sha256: str  # of the .pt, from its sidecar
+    config: Config  # validated (stored_config): a bad stored config fails here, for every consumer
+    model: dict[str, torch.Tensor]
+    vocab_sha256: str
+    train_state: TrainState
+    world_size: int = 1
+    optimizer: dict[str, Any] | None = None
+    rng: list[dict[str, Any]] | None = None
+    plan: dict[str, Any] | None = None  # RunPlan.to_dict() as saved; None before plans were recorded
+
+    @property
+    def step(self) -> int:
+        return self.train_state.step
+
+    @classmethod
+    def from_state(cls, path: Path, state: dict[str, Any]) -> Checkpoint:
+        from trainer.config import stored_config
+
+        config = stored_config(state.get("config", {}))  # its ValueError is the one line that says what to write
+        missing = [k for k in ("model", "vocab_sha256") if k not in state]
+        if missing:
+            raise ValueError(f"{path}: not a model checkpoint (no {', '.join(missing)})")
+        return cls(path=path, sha256=_sidecar(path)["sha256"], config=config, model=state["model"],
+                   vocab_sha256=state["vocab_sha256"], train_state=TrainState.from_checkpoint(state),
+                   world_size=int(state.get("world_size", 1)), optimizer=state.get("optimizer"), rng=state.get("rng"),
+                   plan=state.get("plan"))
 
 
 def save_training(
     run_dir: Path, ts: TrainState, *, model: dict[str, Any], optimizer: dict[str, Any], rng: list[dict[str, Any]],
-    config: dict[str, Any], vocab_sha256: str, world_size: int, keep_last: int,
+    config: dict[str, Any], vocab_sha256: str, world_size: int, keep_last: int, plan: RunPlan | None = None,
 ) -> Path:
     """A training checkpoint: TrainState + the state dicts, per-rank RNG states and the run's identity."""
     state = {
         "model": model, "optimizer": optimizer, "data": {"next_batch": ts.data_position}, "rng": rng,
         "config": config, "vocab_sha256": vocab_sha256, "world_size": world_size, "nonfinite": ts.nonfinite_total,
     }
+    if plan is not None:
+        state["plan"] = plan.to_dict()
     return save(run_dir, ts.step, state, keep_last)
 
 
@@ -70,19 +191,52 @@ def ckpt_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(file) into a temporary sibling, fsync, rename over `path`, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+class _HashingWriter:
+    """A file's write() that hashes and counts the bytes on their way to it, and keeps the OSError a
+    writer raised (torch.save turns it into an unhelpful RuntimeError)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.h, self.size, self.error = f, hashlib.sha256(), 0, None
+
+    def write(self, data) -> int:
+        try:
+            n = self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+        self.h.update(data)
+        self.size += len(memoryview(data).cast("B"))
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_write(path: Path, write) -> tuple[int, str]:
+    """write(file) into a temporary sibling unique to this call, fsync, rename over `path`, fsync the
+    directory; returns (bytes, sha256) of what was written. On any failure the temporary is removed; an
+    OSError (disk full, I/O error) becomes WriteFailed naming `path`."""
+    tmp = temporary_name(path)
+    writer = None
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        with open(tmp, "wb") as f:
+            writer = _HashingWriter(f)
+            write(writer)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        cause = (writer.error if writer is not None else None) or (e if isinstance(e, OSError) else None)
+        if cause is not None and not isinstance(cause, WriteFailed):
+            raise WriteFailed(path, cause) from None
+        raise
+    return writer.size, writer.h.hexdigest()
 
 
 def save(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
@@ -90,11 +244,10 @@ def save(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Pat
     directory = ckpt_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step-{step:08d}.pt"
-    # Streamed straight to disk (no in-memory copy of a multi-GB state), hashed from the page cache.
-    _atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, f))
-    size, digest = file_sha256(path)
+    # Streamed straight to disk (no in-memory copy of a multi-GB state), hashed on the way.
+    size, digest = atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, f))
     meta = {"step": step, "file": path.name, "bytes": size, "sha256": digest}
-    _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
+    atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
     for old in sorted(_steps(directory))[:-keep_last]:
         for suffix in (".json", ".pt"):  # sidecar first: a half-deleted checkpoint is simply invalid
             (directory / f"step-{old:08d}{suffix}").unlink(missing_ok=True)
@@ -105,13 +258,19 @@ def _steps(directory: Path) -> list[int]:
     return [int(m.group(1)) for p in directory.glob("step-*.pt") if (m := _NAME.match(p.name))]
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Verify against the sidecar and load; ValueError says what is wrong with the file."""
-    path = Path(path)
+def _sidecar(path: Path) -> dict[str, Any]:
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
         raise ValueError(f"{path}: no sidecar {sidecar.name} (the save did not finish)")
-    meta = json.loads(sidecar.read_text())
+    return json.loads(sidecar.read_text())
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The raw state of one checkpoint file, verified against its sidecar; ValueError says what is wrong."""
+    from contract.schema import file_sha256
+
+    path = Path(path)
+    meta = _sidecar(path)
     size, digest = file_sha256(path)
     if size != meta["bytes"]:
         raise ValueError(f"{path}: truncated ({size} bytes, expected {meta['bytes']})")
@@ -134,28 +293,40 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def latest_valid(run_dir: Path, log=lambda msg: print(msg, file=sys.stderr)) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that verifies and loads, or None; every skipped one is reported through `log`."""
+    """The newest checkpoint file that verifies and reads, or None; every skipped one is reported through `log`."""
     directory = ckpt_dir(run_dir)
     if not directory.is_dir():
         return None
     for step in sorted(_steps(directory), reverse=True):
         path = directory / f"step-{step:08d}.pt"
         try:
-            return path, load(path)
+            return path, read(path)
         except Exception as e:  # any failure to read means "not usable": say why and try the previous one
             log(f"checkpoint {path} is unusable ({type(e).__name__}: {e}); falling back to the previous one")
     return None
 
 
-def load_run_or_file(src: str | Path) -> tuple[Path, dict[str, Any]]:
+def latest(run_dir: Path, log=lambda msg: print(msg, file=sys.stderr)) -> Checkpoint | None:
+    """The newest valid checkpoint of a run directory as a Checkpoint, or None (`--resume auto`)."""
+    found = latest_valid(run_dir, log)
+    return None if found is None else Checkpoint.from_state(*found)
+
+
+def load(src: str | Path) -> Checkpoint:
     """A checkpoint file (verified against its sidecar), or the newest valid one of a run directory."""
     src = Path(src)
     if src.is_file():
-        return src, load(src)
-    found = latest_valid(src) if src.is_dir() else None
+        return Checkpoint.from_state(src, read(src))
+    found = latest(src) if src.is_dir() else None
     if found is None:
         raise FileNotFoundError(f"{src}: not a checkpoint file, nor a run directory with a valid checkpoints/step-*.pt")
     return found
+
+
+def remove_stale_temporaries(run_dir: Path, log) -> None:
+    """Debris of interrupted saves (a full disk, kill -9 mid-write); only while holding the run's lock."""
+    remove_temporaries(ckpt_dir(run_dir), log)
+    remove_temporaries(Path(run_dir), log)
 
 
 # -- RNG state: every generator that influences training, as tensors and plain values (weights_only) --

@@ -23,7 +23,7 @@ import torch
 from contract.cli import run_main
 from masking.config import SCHEMES
 from trainer import checkpoint
-from trainer.config import Objective, stored_config
+from trainer.config import Objective
 from trainer.data import BlockStream
 from trainer.metrics import ObjectiveSums
 from trainer.model import SpanBert
@@ -53,9 +53,9 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Held-out (or all-row) metrics of a checkpoint. `scheme` / `single_sequence` re-mask with another
     scheme in one sequence, so differently trained rows can be scored on the same task."""
-    path, state = checkpoint.load_run_or_file(checkpoint_path)
-    cfg = stored_config(state["config"])
-    data_cfg = replace(cfg.data, vocab_sha256=state["vocab_sha256"])
+    ckpt = checkpoint.load(checkpoint_path)
+    cfg = ckpt.config
+    data_cfg = replace(cfg.data, vocab_sha256=ckpt.vocab_sha256)
     # the run's masking, with the evaluation's fixed seed (and --scheme's scheme): the one place it is built
     masking = cfg.data.masking_for(seed=seed, max_sbo_targets=cfg.model.max_sbo_targets)
     if scheme is not None:
@@ -75,9 +75,9 @@ def evaluate_checkpoint(
         rows = rows[:max_blocks]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = SpanBert(cfg.model)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(ckpt.model)
     return {
-        "checkpoint": str(path), "step": int(state["step"]), "split": split, "blocks": int(len(rows)),
+        "checkpoint": str(ckpt.path), "step": ckpt.step, "split": split, "blocks": int(len(rows)),
         "scheme": str(masking.scheme), "objective": str(objective), "mask_seed": seed,
         **evaluate(model.to(device), stream, rows, batch_size, device),
     }

@@ -111,17 +111,20 @@ def locate_vocab(ckpt: Path, vocab: str | None, tokenizer: str | None, data: str
 
 def export_checkpoint(
     src: str | Path, out_dir: str | Path, *, vocab: str | None = None, tokenizer: str | None = None,
-    data: str | None = None, encoder_only: bool = False,
+    data: str | None = None, encoder_only: bool = False, overwrite: bool = False,
 ) -> Path:
-    """`python -m trainer.export` as a function."""
-    path, state = checkpoint.load_run_or_file(src)
-    cfg = ModelConfig(**state["config"]["model"])
-    vocab_path = locate_vocab(path, vocab, tokenizer, data)
-    v = check_vocab(vocab_path, state["vocab_sha256"], cfg.vocab_size, f"checkpoint {path.name}")
-    sidecar = path.with_suffix(".json")
-    info = {"source": str(path.resolve()), "step": state["step"],
-            "checkpoint_sha256": json.loads(sidecar.read_text())["sha256"] if sidecar.is_file() else None}
-    return export_model(state["model"], cfg, v, out_dir, encoder_only=encoder_only, info=info)
+    """`python -m trainer.export` as a function. A non-empty `out_dir` is refused unless `overwrite`."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; pass --overwrite to write the export into it")
+    ckpt = checkpoint.load(src)
+    cfg = ckpt.config.model
+    vocab_path = locate_vocab(ckpt.path, vocab, tokenizer, data)
+    v = check_vocab(vocab_path, ckpt.vocab_sha256, cfg.vocab_size, f"checkpoint {ckpt.path.name}")
+    info = {"source": str(ckpt.path.resolve()), "step": ckpt.step, "checkpoint_sha256": ckpt.sha256}
+    return export_model(ckpt.model, cfg, v, out_dir, encoder_only=encoder_only, info=info)
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -135,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", help="the run's vocab.txt")
     p.add_argument("--tokenizer", help="the run's tokenizer.json")
     p.add_argument("--data", help="the run's shard directory (its manifest names the vocabulary)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR (refused otherwise)")
     p.add_argument("--encoder-only", action="store_true",
                    help="write a BertModel directory (encoder + pooler, no heads) instead of the pre-training layout")
     args = p.parse_args(argv)
     out = export_checkpoint(args.src, args.out, vocab=args.vocab, tokenizer=args.tokenizer, data=args.data,
-                            encoder_only=args.encoder_only)
+                            encoder_only=args.encoder_only, overwrite=args.overwrite)
     print(f"[export] wrote {out}", file=sys.stderr)
     return 0
 

@@ -21,6 +21,7 @@ import math
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -33,10 +34,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from contract.rundir import RunLock, WriteFailed
 from contract.schema import read_manifest
 from trainer import checkpoint, selfcheck
-from trainer.checkpoint import TrainState
-from trainer.config import Config, TrainConfig, stored_config
+from trainer.checkpoint import Checkpoint, RunPlan, TrainState, run_plan
+from trainer.config import Config, TrainConfig
 from trainer.data import BlockStream, build_loader
 from trainer.dist import Dist, distributed, lr_factor
 from trainer.metrics import ObjectiveSums, StepCounts, target_counts
@@ -110,11 +112,12 @@ def lr_schedule(cfg: Config) -> tuple[float, int, int]:
 
 
 def run(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: str = "never",
-        init_from: str | Path | None = None) -> dict[str, Any]:
+        init_from: str | Path | None = None, allow_plan_change: bool = False) -> dict[str, Any]:
     """Train; returns a summary. `resume`: "never", "auto" (newest valid checkpoint in out_dir) or a path.
-    `init_from`: a transformers BERT directory to start from (trainer/hf.py), unless a checkpoint resumes."""
+    `init_from`: a transformers BERT directory to start from (trainer/hf.py), unless a checkpoint resumes.
+    `allow_plan_change`: resume although the data or the batch/mask settings differ (PlanChanged otherwise)."""
     with distributed() as d:
-        return _run(cfg, Path(data_dir), Path(out_dir), resume, d, init_from)
+        return _run(cfg, Path(data_dir), Path(out_dir), resume, d, init_from, allow_plan_change)
 
 
 @dataclass
@@ -133,25 +136,35 @@ class Trainer:
     stream: BlockStream
     batches: Iterator[dict[str, torch.Tensor]]
     paths: selfcheck.RunPaths = field(default_factory=selfcheck.RunPaths)  # set by the start-up self-checks
+    plan: RunPlan | None = None  # recorded in every checkpoint; a resume compares against it
 
 
-def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_from: str | Path | None) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _run(cfg: Config, data_dir: Path, out_dir: Path, resume: str, d: Dist, init_from: str | Path | None,
+         allow_plan_change: bool = False) -> dict[str, Any]:
     log = _Logger(out_dir, d.main)
+    # One writer per run directory (rank 0 writes): held until the run ends, however it ends.
+    lock = RunLock(out_dir, "run directory", log.info).acquire() if d.main else None
     try:
+        if d.main:
+            checkpoint.remove_stale_temporaries(out_dir, log.info)
+        plan = run_plan(cfg, d.world, read_manifest(data_dir))
         # The order matters for bit-exact resumes: model init, then the RNG restore, then the loader
         # (its iterator draws the workers' base seed from torch's RNG).
         model, optimizer = build_model(cfg, d)
-        ts = restore(cfg, model, optimizer, d, log, out_dir=out_dir, resume=resume, init_from=init_from, data_dir=data_dir)
+        ts = restore(cfg, model, optimizer, d, log, out_dir=out_dir, resume=resume, init_from=init_from, data_dir=data_dir,
+                     plan=plan, allow_plan_change=allow_plan_change)
+        log.open_metrics(ts.step)
         stream, batches = build_data(cfg, data_dir, d, ts.data_position)
         if d.main:
-            _write_run_files(cfg, out_dir, stream, model, d, log)
+            _write_run_files(cfg, out_dir, stream, model, d, log, fresh=ts.step == 0)
         net, compiled = wrap(model, cfg.train, d)
         t = Trainer(cfg=cfg, d=d, out_dir=out_dir, log=log, model=model, optimizer=optimizer, net=net, compiled=compiled,
-                    autocast=_autocast(cfg.train, d.device), stream=stream, batches=batches)
+                    autocast=_autocast(cfg.train, d.device), stream=stream, batches=batches, plan=plan)
         ts = loop(t, ts)
     finally:
         log.close()
+        if lock is not None:
+            lock.release()
     return {"step": ts.step, "data_position": ts.data_position, "nonfinite_total": ts.nonfinite_total,
             "stopped": ts.step < cfg.train.max_steps}
 
@@ -190,8 +203,11 @@ def build_data(cfg: Config, data_dir: Path, d: Dist, position: int) -> tuple[Blo
     return stream, iter(build_loader(stream, cfg.data.num_workers, pin_memory=d.device.type == "cuda"))
 
 
-def _write_run_files(cfg: Config, out_dir: Path, stream: BlockStream, model: SpanBert, d: Dist, log: _Logger) -> None:
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+def _write_run_files(cfg: Config, out_dir: Path, stream: BlockStream, model: SpanBert, d: Dist, log: _Logger,
+                     fresh: bool = True) -> None:
+    # config.json is the run's config as it started; what a resume changed goes to HISTORY_FILE.
+    if fresh or not (out_dir / "config.json").is_file():
+        checkpoint.atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2).encode()))
     # Keep the vocabulary with the run, so `python -m trainer.export RUN_DIR OUT` needs no --data.
     tokenizer = stream.shards.manifest.tokenizer_path
     shutil.copyfile(tokenizer, out_dir / tokenizer.name)
@@ -217,13 +233,23 @@ def _autocast(tc: TrainConfig, device: torch.device) -> torch.autocast:
 
 
 # -- resume ----------------------------------------------------------------------------------------
+HISTORY_FILE = "history.jsonl"  # one line per resume that changed the config (config.json keeps the start)
+
+
+class PlanChanged(ValueError):
+    """A resume whose data or batch/mask settings differ from the checkpoint's plan."""
+
+
 def restore(cfg: Config, model: SpanBert, optimizer: torch.optim.Optimizer, d: Dist, log: _Logger, *,
-            out_dir: Path, resume: str, init_from: str | Path | None, data_dir: Path) -> TrainState:
+            out_dir: Path, resume: str, init_from: str | Path | None, data_dir: Path, plan: RunPlan | None = None,
+            allow_plan_change: bool = False) -> TrainState:
     """The TrainState to start from: a checkpoint's (`resume`), else step 0 of a fresh run, which refuses a
     run directory holding checkpoints and may start from transformers weights (`init_from`)."""
     found = _find_checkpoint(out_dir, resume, log)
     if found is not None:
-        return resume_from(*found, cfg, model, optimizer, d, log)
+        if plan is not None:
+            check_plan(found, cfg, plan, out_dir, log, allow=allow_plan_change, main=d.main)
+        return resume_from(found, cfg, model, optimizer, d, log)
     if resume == "never" and checkpoint.ckpt_dir(out_dir).is_dir() and any(checkpoint.ckpt_dir(out_dir).glob("*.pt")):
         raise FileExistsError(f"{out_dir} already has checkpoints: pass --resume auto to continue, or a fresh --out")
     if init_from is not None:  # a fresh run starting from transformers weights (checked against the shards' vocab)
@@ -236,20 +262,57 @@ def restore(cfg: Config, model: SpanBert, optimizer: torch.optim.Optimizer, d: D
     return TrainState()
 
 
-def resume_from(path: Path, state: dict[str, Any], cfg: Config, model: SpanBert, optimizer: torch.optim.Optimizer,
+def check_plan(ckpt: Checkpoint, cfg: Config, plan: RunPlan, out_dir: Path, log: _Logger, *, allow: bool,
+               main: bool) -> None:
+    """Refuse a resume that would continue in another plan (other data, seed, batches or masks), unless
+    `allow`; then, and for any other config change (the LR schedule), append the change to HISTORY_FILE."""
+    changes = plan.differences(ckpt.plan) if ckpt.plan is not None else []
+    if ckpt.plan is None:
+        log.info(f"{ckpt.path} records no run plan (written before plans were recorded): data and batch settings unchecked")
+    if changes and not allow:
+        raise PlanChanged(f"{ckpt.path}: resuming would change the run's plan: {'; '.join(changes)}; pass "
+                          f"--allow-plan-change to continue deliberately, or train into a fresh --out")
+    config_changes = _config_changes(ckpt.config.to_dict(), cfg.to_dict())
+    if changes:
+        log.info(f"plan changed on resume (--allow-plan-change): {'; '.join(changes)}")
+    if main and (changes or config_changes):
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": ckpt.step,
+                 "checkpoint": str(ckpt.path), "plan_changes": changes, "config_changes": config_changes}
+        path = out_dir / HISTORY_FILE
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as e:
+            raise WriteFailed(path, e) from None
+
+
+def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {checkpoint.plain(a)!r} -> {checkpoint.plain(b)!r}")  # enums by value
+    return out
+
+
+def resume_from(ckpt: Checkpoint, cfg: Config, model: SpanBert, optimizer: torch.optim.Optimizer,
                 d: Dist, log: _Logger) -> TrainState:
     """Load a checkpoint into model, optimizer and this rank's RNG; check it fits the run; its TrainState."""
-    saved = stored_config(state["config"])
+    path, saved = ckpt.path, ckpt.config
     if replace(saved.model, attention=cfg.model.attention) != cfg.model:  # the kernel may change
         raise ValueError(f"{path}: the checkpoint's model config differs from this run's --config/--set")
-    model.load_state_dict(state["model"])
-    sizes = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+    if ckpt.optimizer is None or ckpt.rng is None:
+        raise ValueError(f"{path}: holds a model but no optimizer/RNG state, so it cannot be resumed (export or evaluate it)")
+    model.load_state_dict(ckpt.model)
+    sizes = [len(g["params"]) for g in ckpt.optimizer["param_groups"]]
     if sizes != [len(g["params"]) for g in optimizer.param_groups]:  # e.g. written before pretraining_groups
         raise ValueError(f"{path}: its optimizer has parameter groups of {sizes} tensors, this version "
                          f"{[len(g['params']) for g in optimizer.param_groups]} (token_type_embeddings left weight decay "
                          "in pretraining_groups): resume it with the version that wrote it, or export it and --init-from")
-    optimizer.load_state_dict(state["optimizer"])  # its stored lr is stale by design: overwritten each step
-    ts = TrainState.from_checkpoint(state)
+    optimizer.load_state_dict(ckpt.optimizer)  # its stored lr is stale by design: overwritten each step
+    ts = replace(ckpt.train_state)
     # The LR of step t is a function of (t, config), never carried in optimizer or checkpoint state, so a
     # resume with a new schedule applies it at once; say so.
     if (old := lr_schedule(saved)) != (new := lr_schedule(cfg)):
@@ -258,22 +321,22 @@ def resume_from(path: Path, state: dict[str, Any], cfg: Config, model: SpanBert,
             f"zero at step {old[2]} -> {new[2]}; step {ts.step + 1} runs at "
             f"lr {new[0] * lr_factor(ts.step, new[1], new[2]):.6g} (the new schedule)"
         )
-    cfg.data.vocab_sha256 = cfg.data.vocab_sha256 or state["vocab_sha256"]  # shards must match the run
-    if state["world_size"] == d.world:
-        checkpoint.set_rng_state(state["rng"][d.rank])
+    cfg.data.vocab_sha256 = cfg.data.vocab_sha256 or ckpt.vocab_sha256  # shards must match the run
+    if ckpt.world_size == d.world:
+        checkpoint.set_rng_state(ckpt.rng[d.rank])
     else:
-        log.info(f"world size changed {state['world_size']} -> {d.world}: dropout RNG reseeded (not bit-exact)")
+        log.info(f"world size changed {ckpt.world_size} -> {d.world}: dropout RNG reseeded (not bit-exact)")
         torch.manual_seed(cfg.train.seed + 1 + d.rank + 1_000_003 * ts.step)
     log.info(f"resumed from {path} at step {ts.step}, data position {ts.data_position}")
     return ts
 
 
-def _find_checkpoint(out_dir: Path, resume: str, log: _Logger) -> tuple[Path, dict] | None:
+def _find_checkpoint(out_dir: Path, resume: str, log: _Logger) -> Checkpoint | None:
     if resume == "never":
         return None
     if resume == "auto":
-        return checkpoint.latest_valid(out_dir, log=log.info)
-    return checkpoint.load_run_or_file(resume)  # a step-N.pt, or another run directory's newest
+        return checkpoint.latest(out_dir, log=log.info)
+    return checkpoint.load(resume)  # a step-N.pt, or another run directory's newest
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -344,7 +407,7 @@ def save(t: Trainer, ts: TrainState) -> None:
     if t.d.main:
         checkpoint.save_training(
             t.out_dir, ts, model=model, optimizer=optimizer, rng=rng, config=t.cfg.to_dict(),
-            vocab_sha256=t.stream.vocab.sha256, world_size=t.d.world, keep_last=t.cfg.train.keep_last,
+            vocab_sha256=t.stream.vocab.sha256, world_size=t.d.world, keep_last=t.cfg.train.keep_last, plan=t.plan,
         )
 
 
@@ -509,12 +572,34 @@ class _Window:
 
 
 class _Logger:
-    """Rank 0 only: tqdm progress bar, metrics.jsonl and TensorBoard scalars in the run directory."""
+    """Rank 0 only: tqdm progress bar, metrics.jsonl and TensorBoard scalars in the run directory.
+
+    metrics.jsonl holds each step once: on opening, lines past the step the run restarts from (steps a
+    killed run logged after its last checkpoint, which the resume runs again) are dropped. A write that
+    fails at the OS level (disk full) is WriteFailed naming the file; TensorBoard's writer thread fails
+    silently and its error is raised here, in the training thread, the same way."""
 
     def __init__(self, out_dir: Path, main: bool):
         self.main, self.out_dir = main, out_dir
-        self._jsonl = open(out_dir / "metrics.jsonl", "a") if main else None  # noqa: SIM115 - closed in close()
+        self.metrics_path = out_dir / "metrics.jsonl"
+        self._jsonl = None
         self._tb = None
+        self._excepthook = None
+
+    def open_metrics(self, step: int) -> None:
+        if not self.main:
+            return
+        path = self.metrics_path
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = [x for x in lines if x.strip() and _line_step(x) <= step]
+            if len(kept) != len(lines):
+                self.info(f"{path}: dropped {len(lines) - len(kept)} line(s) past step {step} (re-run by this resume)")
+                checkpoint.atomic_write(path, lambda f: f.write("".join(kept).encode()))
+        try:
+            self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        except OSError as e:
+            raise WriteFailed(path, e) from None
 
     def info(self, msg: str) -> None:
         if self.main:
@@ -528,19 +613,59 @@ class _Logger:
     def metrics(self, m: dict[str, Any]) -> None:
         if not self.main:
             return
-        self._jsonl.write(json.dumps(m) + "\n")
-        self._jsonl.flush()
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
+        try:
+            self._jsonl.write(json.dumps(m) + "\n")
+            self._jsonl.flush()
+        except OSError as e:
+            raise WriteFailed(self.metrics_path, e) from None
+        with self._tensorboard_errors():
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.out_dir / "tb"))
-        for k, v in m.items():
-            if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v):
-                self._tb.add_scalar(f"train/{k}", v, m["step"])
+                self._quiet_writer_thread()
+                self._tb = SummaryWriter(str(self.out_dir / "tb"))
+            for k, v in m.items():
+                if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v):
+                    self._tb.add_scalar(f"train/{k}", v, m["step"])
+
+    @contextlib.contextmanager
+    def _tensorboard_errors(self):
+        try:
+            yield
+        except Exception as e:  # the writer thread's OSError, re-raised by TensorBoard on the next call
+            cause = e if isinstance(e, OSError) else (e.__cause__ or e.__context__)
+            if isinstance(cause, OSError) and not isinstance(cause, WriteFailed):
+                raise WriteFailed(self.out_dir / "tb", cause) from None
+            raise
+
+    def _quiet_writer_thread(self) -> None:
+        """TensorBoard's writer thread re-raises its error after storing it (the main thread gets it on the
+        next call): keep that thread's traceback off stderr."""
+        original = threading.excepthook
+
+        def hook(args: threading.ExceptHookArgs) -> None:
+            if type(args.thread).__name__ != "_AsyncWriterThread":
+                original(args)
+
+        self._excepthook, threading.excepthook = original, hook
 
     def close(self) -> None:
-        if self._jsonl:
-            self._jsonl.close()
-        if self._tb:
-            self._tb.close()
+        try:
+            if self._jsonl:
+                self._jsonl.close()
+            if self._tb:
+                with self._tensorboard_errors():
+                    self._tb.close()
+        finally:
+            self._jsonl = self._tb = None
+            if self._excepthook is not None:
+                threading.excepthook, self._excepthook = self._excepthook, None
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return sys.maxsize  # a torn last line (killed mid-write): dropped with the steps past the checkpoint
+
 

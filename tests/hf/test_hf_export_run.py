@@ -68,7 +68,7 @@ def test_export_of_a_checkpoint_file_initialises_a_model_exactly(trained, tmp_pa
     step2 = checkpoint.ckpt_dir(run_dir) / "step-00000002.pt"
     out = tmp_path / "step2"
     assert export_main([str(step2), str(out), "--vocab", str(shards / "vocab.txt")]) == 0
-    state = checkpoint.load(step2)
+    state = checkpoint.read(step2)
 
     (out / "vocab.txt").unlink()  # transformers 5 itself saves only tokenizer.json: that identifies it too
     model = SpanBert(model_config_from_hf(out))

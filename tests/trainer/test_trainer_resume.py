@@ -60,7 +60,7 @@ def test_sigkill_then_resume_is_bitwise_identical_and_skips_a_corrupt_checkpoint
     assert proc.returncode == -signal.SIGKILL
     # Complete saves only (the kill may land between a .pt and its sidecar; that one is invalid anyway).
     saved = sorted(p for p in out.glob("checkpoints/step-*.pt") if p.with_suffix(".json").is_file())
-    assert saved and checkpoint.load(saved[-1])["step"] < STEPS, "the run finished before it was killed"
+    assert saved and checkpoint.load(saved[-1]).step < STEPS, "the run finished before it was killed"
     # Truncate the newest checkpoint: resume must say so and fall back to the one before.
     newest = saved[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
@@ -80,7 +80,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(shard_dir, tmp_pat
     assert "SIGTERM: saving step" in output
     last = max(losses(out))
     assert last < STEPS, "the run finished before SIGTERM arrived"
-    assert checkpoint.load(out / "checkpoints" / f"step-{last:08d}.pt")["step"] == last  # saved where it stopped
+    assert checkpoint.load(out / "checkpoints" / f"step-{last:08d}.pt").step == last  # saved where it stopped
     resumed = cli([*_args(shard_dir, out, workers=1), "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {last}," in resumed.stderr
@@ -105,7 +105,7 @@ def test_checkpoint_files_are_verified_and_pruned(tmp_path):
     data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
     newest.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256 mismatch"):
-        checkpoint.load(newest)
+        checkpoint.read(newest)
     messages = []
     path, state = checkpoint.latest_valid(tmp_path, log=messages.append)
     assert path.name == "step-00000002.pt" and int(state["x"]) == 2 and "step-00000003.pt" in messages[0]
@@ -144,12 +144,12 @@ def test_train_state_is_the_format_2_step_position_and_nonfinite_keys(tmp_path):
     old = {"model": {"w": torch.ones(2)}, "optimizer": {"state": {}, "param_groups": []}, "data": {"next_batch": 21},
            "rng": [checkpoint.rng_state()], "config": {}, "vocab_sha256": "ab" * 32, "world_size": 3, "nonfinite": 4}
     path = checkpoint.save(tmp_path / "old", 7, old, keep_last=1)
-    assert TrainState.from_checkpoint(checkpoint.load(path)) == TrainState(step=7, data_position=21, nonfinite_total=4)
+    assert TrainState.from_checkpoint(checkpoint.read(path)) == TrainState(step=7, data_position=21, nonfinite_total=4)
     # save_training writes exactly those keys, and reads back the TrainState it was given.
     ts = TrainState(step=9, data_position=36, nonfinite_total=2)
     path = checkpoint.save_training(tmp_path / "new", ts, model={"w": torch.ones(2)}, optimizer=old["optimizer"],
                                     rng=old["rng"], config={}, vocab_sha256="ab" * 32, world_size=4, keep_last=1)
-    state = checkpoint.load(path)
+    state = checkpoint.read(path)
     assert set(state) == FORMAT_2_KEYS and state["format_version"] == 2
     assert (state["step"], state["data"], state["nonfinite"], state["world_size"]) == (9, {"next_batch": 36}, 2, 4)
     assert TrainState.from_checkpoint(state) == ts
@@ -171,7 +171,7 @@ def test_a_run_stored_in_the_old_spelling_is_refused_with_the_line_to_write(shar
     cfg = tiny_config(data={"masking": {"scheme": "whole_word", "sbo_edge_spans": False}}, train={"max_steps": 2})
     run(cfg, shard_dir, tmp_path / "old")
     step2 = tmp_path / "old" / "checkpoints" / "step-00000002.pt"
-    state = checkpoint.load(step2)
+    state = checkpoint.read(step2)
     state["config"] = _old_spelling(state["config"])
     assert "scheme" in state["config"]["data"] and state["config"]["model"]["use_sbo"] is True
     checkpoint.save(tmp_path / "old", 2, {k: v for k, v in state.items() if k not in ("format_version", "step")}, keep_last=5)

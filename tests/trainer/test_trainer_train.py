@@ -12,7 +12,6 @@ import torch
 from tests.trainer.conftest import losses, tiny_config
 from tests.trainer.shards import write_shards
 from trainer import checkpoint
-from trainer.checkpoint import TrainState
 from trainer.model import SpanBert
 from trainer.train import run
 
@@ -53,8 +52,8 @@ def test_nonfinite_steps_are_skipped_counted_and_logged(shard_dir, tmp_path, mon
     assert [rows[s]["skipped"] for s in range(1, 7)] == [False, False, True, True, False, False]
     assert rows[6]["nonfinite_total"] == 2
     # No update happened in steps 3-4: the weights at step 4 are those of step 2.
-    w2 = checkpoint.load(tmp_path / "run" / "checkpoints" / "step-00000002.pt")["model"]
-    w4 = checkpoint.load(tmp_path / "run" / "checkpoints" / "step-00000004.pt")["model"]
+    w2 = checkpoint.load(tmp_path / "run" / "checkpoints" / "step-00000002.pt").model
+    w4 = checkpoint.load(tmp_path / "run" / "checkpoints" / "step-00000004.pt").model
     assert all(torch.equal(w2[k], w4[k]) for k in w2)
     assert all(torch.isfinite(v).all() for v in w4.values())
 
@@ -65,7 +64,7 @@ def test_checkpoints_between_log_lines_carry_the_current_nonfinite_count(shard_d
     cfg = tiny_config(train={"max_steps": 6, "log_every": 5, "ckpt_every": 2})
     summary = run(cfg, shard_dir, tmp_path / "run")
     saved = {s: checkpoint.load(tmp_path / "run" / "checkpoints" / f"step-{s:08d}.pt") for s in (2, 4, 6)}
-    got = {s: TrainState.from_checkpoint(state) for s, state in saved.items()}
+    got = {s: ckpt.train_state for s, ckpt in saved.items()}
     assert [got[s].nonfinite_total for s in (2, 4, 6)] == [0, 2, 2] and summary["nonfinite_total"] == 2
     assert [got[s].data_position for s in (2, 4, 6)] == [2, 4, 6]  # one micro-batch per step, one rank
 

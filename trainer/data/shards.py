@@ -35,12 +35,17 @@ class ShardSet:
                 self._chunk_origin.append((path, first))
                 first += len(self.chunks[-1]["input_ids"])
         rows = np.array([len(c["input_ids"]) for c in self.chunks], dtype=np.int64)
+        if rows.sum() == 0:  # before any concatenate: an empty corpus is bad input, named as such
+            totals = self.manifest.raw.get("totals", {})
+            raise ValueError(
+                f"{directory}: no blocks ({len(self.manifest.shard_paths)} shards, 0 rows; the pipeline read "
+                f"{totals.get('documents_read', '?')} documents and rejected {totals.get('documents_rejected', '?')}, "
+                f"see its dead_letter.jsonl)"
+            )
         self.chunk_start = np.concatenate([[0], np.cumsum(rows)])
         self._ids = [(c["input_ids"].offsets.to_numpy(), c["input_ids"].values.to_numpy()) for c in self.chunks]
         self._ws_offsets = [c["word_start"].offsets.to_numpy() for c in self.chunks]
         self.lengths = np.concatenate([np.diff(offsets) for offsets, _ in self._ids]).astype(np.int64)
-        if len(self.lengths) == 0:
-            raise ValueError(f"{directory}: the shards hold no rows")
         self._ids_checked = np.zeros(len(self.chunks), dtype=bool)
 
     def __len__(self) -> int:
