@@ -1,4 +1,4 @@
-"""The shard contract (GUIDE §3): what the pipeline writes and the trainer / every ablation reads.
+"""The shard contract (docs/pipeline.md, "Output directory"): what the pipeline writes and the trainer / every ablation reads.
 
 An output directory holds:
   shard-00000-of-00008.arrow ...  Arrow IPC *file* format (memory-mappable), one row per block

@@ -31,6 +31,7 @@ from enum import StrEnum
 from typing import BinaryIO
 from xml.sax.saxutils import escape
 
+from contract.cli import UsageError
 from pipeline.documents import RawDocument, Rejection
 
 FORMAT = "wikidump"
@@ -327,8 +328,8 @@ def _wikiextractor() -> _WikiExtractor:
     """WikiExtractor, loaded on first use: it is an optional extra (AGPL-3.0; this project is Apache-2.0)."""
     try:
         from wikiextractor.extract import Extractor, MagicWords, ignoredTags, ignoreTag
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(
+    except ModuleNotFoundError as e:  # a usage error (exit 2): this installation cannot read the format asked for
+        raise UsageError(
             "--format wikidump needs WikiExtractor 3.1.0, an optional extra (AGPL-3.0): pip install 'spanbert[wikidump]'"
         ) from e
 

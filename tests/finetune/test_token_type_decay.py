@@ -41,6 +41,9 @@ def test_a_checkpoint_with_the_old_groups_is_refused_with_a_reason(tmp_path):
     cfg = tiny_config()
     model, opt = build_model(cfg, Dist())
     old = torch.optim.AdamW(decay_groups(model, 0.1))
-    state = {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": old.state_dict()}
+    from trainer.checkpoint import Checkpoint, TrainState
+
+    ckpt = Checkpoint(path=tmp_path / "step-4.pt", sha256="", config=cfg, model=model.state_dict(), vocab_sha256="",
+                      train_state=TrainState(step=4, data_position=4), optimizer=old.state_dict(), rng=[])
     with pytest.raises(ValueError, match="token_type_embeddings left weight decay"):
-        resume_from(tmp_path / "step-4.pt", state, cfg, model, opt, Dist(), None)
+        resume_from(ckpt, cfg, model, opt, Dist(), None)

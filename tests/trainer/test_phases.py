@@ -109,7 +109,8 @@ def test_masks_are_keyed_by_the_phase(shard_dir):
     whole = np.flatnonzero((short.sub_blocks.lo == 0) & (short.sub_blocks.hi == stream.shards.lengths[short.sub_blocks.row]))[:8]
     a = stream.collate(0, whole, short)
     b = stream.collate(0, short.sub_blocks.row[whole], long)
-    assert np.array_equal(a["input_ids"].numpy() != 0, b["input_ids"].numpy() != 0)  # the same pieces, unmasked lengths
+    # the same pieces: equal non-pad lengths per row (the pad width may differ: the short phase caps it at 63)
+    assert np.array_equal((a["input_ids"].numpy() != 0).sum(1), (b["input_ids"].numpy() != 0).sum(1))
     assert not np.array_equal(a["mlm_positions"].numpy(), b["mlm_positions"].numpy())
     assert np.array_equal(stream.collate(0, whole, short)["mlm_positions"].numpy(), a["mlm_positions"].numpy())
 
