@@ -28,29 +28,27 @@ from tokenizers import Tokenizer
 
 from contract.cli import run_main
 from contract.tokenizer import SPECIAL_TOKENS, bert_wordpiece, vocab_list
-from pipeline.documents import FORMATS, FRAMERS, CleanOptions, Document, RawDocument, clean_document
-from pipeline.inputs import match_inputs, parse_input, source_base
+from pipeline.documents import FORMATS, CleanOptions, Document, RawDocument, clean_document
+from pipeline.inputs import match_inputs, parse_input, plan_ranges, read_range
+
+_WHOLE_FILE = 1 << 62  # split_bytes: single-process, so one range per file
 
 
 def iter_texts(specs: Sequence[str], default_format: str, opts: CleanOptions, stats: Counter[str]) -> Iterator[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    for spec, metas in match_inputs([parse_input(s, default_format) for s in specs]):
-        base = source_base(spec.pattern)
-        for meta in metas:
-            raw_bytes = spec.fmt == "wikidump"  # its reader decompresses the dump itself
-            with FileSystems.open(meta.path, compression_type="uncompressed" if raw_bytes else "auto") as f:
-                for raw in FRAMERS[spec.fmt](f, meta.path[len(base) :]):
-                    if not isinstance(raw, RawDocument):  # a wikidump page that is not an article, or a break
-                        stats[f"skipped.{raw.reason}"] += 1
-                        continue
-                    doc = clean_document(raw, opts)
-                    stats["documents_read"] += 1
-                    if isinstance(doc, Document):
-                        stats["documents_used"] += 1
-                        yield doc.text
-                    else:
-                        stats[f"skipped.{doc.reason}"] += 1
+    """The cleaned texts of the inputs, read as the pipeline reads them (its read plan, one range per file)."""
+    matched = match_inputs([parse_input(s, default_format) for s in specs])
+    for rng in plan_ranges(matched, split_bytes=_WHOLE_FILE):
+        for raw in read_range(rng):
+            if not isinstance(raw, RawDocument):  # a wikidump page that is not an article, or a break
+                stats[f"skipped.{raw.reason}"] += 1
+                continue
+            doc = clean_document(raw, opts)
+            stats["documents_read"] += 1
+            if isinstance(doc, Document):
+                stats["documents_used"] += 1
+                yield doc.text
+            else:
+                stats[f"skipped.{doc.reason}"] += 1
 
 
 def special_tokens(bert_layout: bool) -> list[str]:
