@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -24,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 LOCK_FILE = ".lock"
 TMP_SUFFIX = ".tmp"
@@ -128,3 +130,35 @@ def remove_temporaries(directory: Path, log: Callable[[str], None] = print) -> l
         log(f"removed {len(removed)} temporary file(s) left by an interrupted write in {directory}: "
             + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
     return removed
+
+
+class HashingWriter:
+    """A write-only file object that hashes and counts every byte on its way to `f`, so a checksum comes
+    from the bytes written, before any rename (shards, checkpoints). It keeps the OSError its target raised
+    (torch.save and Arrow turn it into less helpful errors). `close` leaves `f` to its owner."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha, self.size, self.error, self.closed = f, hashlib.sha256(), 0, None, False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            self.f.write(view)
+        except OSError as e:
+            self.error = e
+            raise
+        self.sha.update(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True

@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -206,14 +206,20 @@ def check_hint(directory: str | Path) -> str:
             f"`python -m pipeline ... --output {directory} --overwrite`")
 
 
-def file_sha256(path: str | Path) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a file, streamed (a shard or checkpoint never sits in memory whole)."""
+def stream_sha256(f: BinaryIO) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of what is left to read in `f`, streamed (a shard or checkpoint never
+    sits in memory whole). The caller opens the file: locally, or through Beam's FileSystems."""
     h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-            size += len(chunk)
+    while chunk := f.read(1 << 24):
+        h.update(chunk)
+        size += len(chunk)
     return size, h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a local file."""
+    with open(path, "rb") as f:
+        return stream_sha256(f)
 
 
 def hash_problems(manifest: Manifest) -> dict[Path, str]:

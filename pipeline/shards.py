@@ -14,15 +14,22 @@ attempts that both finish rename identical files to the same name.
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from contract.schema import BLOCK_SCHEMA, ENTITY_SPAN, NOUN_PHRASE_SPAN, ShardInfo, range_shard_name
+from contract.rundir import HashingWriter
+from contract.schema import (
+    BLOCK_SCHEMA,
+    ENTITY_SPAN,
+    NOUN_PHRASE_SPAN,
+    ShardInfo,
+    range_shard_name,
+    stream_sha256,
+)
 from pipeline.encode import BlockRows
 from pipeline.outdir import join, temp_name
 
@@ -77,32 +84,6 @@ def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
 
-class _HashingSink:
-    """A write-only file object for Arrow that hashes and counts every byte on its way to `f`."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.sha, self.size, self.closed = f, hashlib.sha256(), 0, False
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        self.sha.update(view)
-        self.f.write(view)
-        self.size += len(view)
-        return len(view)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        self.f.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self.closed = True  # the underlying file is closed by its owner (_OpenShard.finish)
-
-
 def piece_counts(path: str, vocab_size: int) -> np.ndarray:
     """int64[vocab_size]: how often each piece occurs in one shard (memory-mapped, one batch at a time)."""
     counts = np.zeros(vocab_size, np.int64)
@@ -115,19 +96,15 @@ def piece_counts(path: str, vocab_size: int) -> np.ndarray:
 
 
 def sha256_of(path: str) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+        return stream_sha256(f)
 
 
 class _OpenShard:
     def __init__(self, path: str) -> None:
         self.path, self.tmp = path, temp_name(path)
         self.file = FileSystems.create(self.tmp)
-        self.sink = _HashingSink(self.file)
+        self.sink = HashingWriter(self.file)  # closed by finish(), after the writer
         self.writer = pa.ipc.new_file(self.sink, BLOCK_SCHEMA)
         self.rows = self.tokens = self.input_bytes = 0
 

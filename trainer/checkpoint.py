@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from contract.rundir import WriteFailed, remove_temporaries, temporary_name
+from contract.rundir import HashingWriter, WriteFailed, remove_temporaries, temporary_name
 
 if TYPE_CHECKING:
     from contract.schema import Manifest
@@ -191,27 +191,6 @@ def ckpt_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-class _HashingWriter:
-    """A file's write() that hashes and counts the bytes on their way to it, and keeps the OSError a
-    writer raised (torch.save turns it into an unhelpful RuntimeError)."""
-
-    def __init__(self, f) -> None:
-        self.f, self.h, self.size, self.error = f, hashlib.sha256(), 0, None
-
-    def write(self, data) -> int:
-        try:
-            n = self.f.write(data)
-        except OSError as e:
-            self.error = e
-            raise
-        self.h.update(data)
-        self.size += len(memoryview(data).cast("B"))
-        return n
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
 def atomic_write(path: Path, write) -> tuple[int, str]:
     """write(file) into a temporary sibling unique to this call, fsync, rename over `path`, fsync the
     directory; returns (bytes, sha256) of what was written. On any failure the temporary is removed; an
@@ -220,7 +199,7 @@ def atomic_write(path: Path, write) -> tuple[int, str]:
     writer = None
     try:
         with open(tmp, "wb") as f:
-            writer = _HashingWriter(f)
+            writer = HashingWriter(f)
             write(writer)
             f.flush()
             os.fsync(f.fileno())
@@ -236,7 +215,7 @@ def atomic_write(path: Path, write) -> tuple[int, str]:
         if cause is not None and not isinstance(cause, WriteFailed):
             raise WriteFailed(path, cause) from None
         raise
-    return writer.size, writer.h.hexdigest()
+    return writer.size, writer.sha.hexdigest()
 
 
 def save(run_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
