@@ -62,7 +62,7 @@ def pipeline_time(specs: list[tuple[str, str]], extra: list[str], repeats: int =
         argv = [a for fmt, pat in specs for a in ("--input", f"{fmt}:{pat}")]
         argv += ["--vocab", str(VOCAB), "--output", out, "--num-shards", "8", "--overwrite", *extra]
         seconds, manifest = timed(lambda: run(argv), repeats)
-    return seconds, manifest["totals"]["words"]
+    return seconds, manifest.totals.words
 
 
 def wiki_slice(n_docs: int, directory: Path) -> Path:

@@ -200,13 +200,15 @@ def run_pipeline(size: int, inputs: list[str], out: Path, workers: int, annotate
     if not annotate:
         cmd.append("--no-annotate")
     wall, cpu, peaks, root = measure(cmd, ENV)
-    m = json.loads((out / "manifest.json").read_text())
-    shard_bytes = [s["bytes"] for s in m["shards"]]
+    from contract.schema import read_manifest
+
+    m = read_manifest(out).manifest
+    shard_bytes = [s.bytes for s in m.shards]
     label = f"pipeline{'' if annotate else ' --no-annotate'}, {workers} worker{'s' if workers > 1 else ''}"
     if dask:
         label = f"dask{'' if annotate else ' --no-annotate'}, {workers} worker processes"
-    return Measure(label, size, wall, cpu, m["totals"]["words"], per_process_mb(peaks, root), {
-        "tokens": m["totals"]["tokens"], "blocks": m["totals"]["blocks"], "documents": m["totals"]["documents_read"],
+    return Measure(label, size, wall, cpu, m.totals.words, per_process_mb(peaks, root), {
+        "tokens": m.totals.tokens, "blocks": m.totals.blocks, "documents": m.totals.documents_read,
         "shards": len(shard_bytes), "output_bytes": sum(shard_bytes), "max_shard_bytes": max(shard_bytes),
         "output_sha256": output_digest(out),
     })

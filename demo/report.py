@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from contract.schema import read_manifest
 from trainer.report import plot_loss_curves, read_metrics
 
 # Sentences in the style of the Wikipedia sample; one word each is masked for the fill-mask example.
@@ -28,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = args.out
 
-    manifest = json.loads((args.shards / "manifest.json").read_text(encoding="utf-8"))
-    totals = manifest["totals"]
+    manifest = read_manifest(args.shards).manifest
+    totals = manifest.totals
     stats = json.loads((out / "masking_stats.json").read_text(encoding="utf-8"))
     evaluation = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     metrics = read_metrics(args.run)
@@ -40,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         "# Demo report: tiny SpanBERT on real Wikipedia text",
         "",
         "## Data",
-        f"- documents read {totals['documents_read']}, written {totals['documents_written']}, "
-        f"rejected {totals['documents_rejected']} (see `{args.shards}/dead_letter.jsonl`)",
-        f"- {totals['blocks']} blocks, {totals['tokens']} word pieces, vocabulary of "
-        f"{manifest['tokenizer']['vocab_size']} pieces trained on the same text",
+        f"- documents read {totals.documents_read}, written {totals.documents_written}, "
+        f"rejected {totals.documents_rejected} (see `{args.shards}/dead_letter.jsonl`)",
+        f"- {totals.blocks} blocks, {totals.tokens} word pieces, vocabulary of "
+        f"{manifest.tokenizer.vocab_size} pieces trained on the same text",
         "",
         "## Masking (geometric spans, paper §3.1)",
         f"- masked fraction {stats['masked_fraction']:.4f} (paper: 15%)",

@@ -16,7 +16,7 @@ from typing import Any
 
 from contract.cli import run_main
 from contract.schema import (
-    Manifest,
+    ShardDirectory,
     ShardError,
     hash_problems,
     open_checked,
@@ -34,7 +34,7 @@ def verify(directory: Path) -> list[str]:
     return [f"{path.name}: {why}" for path, why in _problems(read_manifest(directory)).items()]
 
 
-def _problems(manifest: Manifest) -> dict[Path | str, str]:
+def _problems(manifest: ShardDirectory) -> dict[Path | str, str]:
     problems: dict[Path | str, str] = dict(hash_problems(manifest))
     for index, path in enumerate(manifest.shard_paths):
         if path not in problems:
@@ -42,10 +42,12 @@ def _problems(manifest: Manifest) -> dict[Path | str, str]:
                 open_checked(manifest, index)
             except ShardError as e:
                 problems[path] = e.reason
-    counts = manifest.unigram_counts()
-    if int(counts.sum()) != manifest.raw["totals"]["tokens"]:
-        problems[Path(manifest.raw["unigram_counts"])] = (
-            f"counts sum to {int(counts.sum())}, totals say {manifest.raw['totals']['tokens']} tokens")
+    counts, totals = manifest.unigram_counts(), manifest.manifest.totals
+    if totals is None:
+        problems[Path(manifest.manifest.unigram_counts)] = "the manifest records no totals to check the counts against"
+    elif int(counts.sum()) != totals.tokens:
+        problems[Path(manifest.manifest.unigram_counts)] = (
+            f"counts sum to {int(counts.sum())}, totals say {totals.tokens} tokens")
     return problems
 
 
@@ -72,7 +74,7 @@ def mark_spans(tokens: list[str], entities: list[dict[str, Any]], noun_phrases: 
     return "".join(out)
 
 
-def sample(manifest: Manifest, shard: int, row: int) -> str:
+def sample(manifest: ShardDirectory, shard: int, row: int) -> str:
     """One decoded block with its spans marked (only ever called on a shard that verified)."""
     table = open_shard(manifest.shard_paths[shard])
     if not table.num_rows:
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = len(manifest.shards)
     if not 0 <= args.shard < n:
         p.error(f"--shard {args.shard}: the manifest lists {n} shards")
-    print(summarize(manifest.raw, str(manifest.directory)))
+    print(summarize(manifest.manifest, str(manifest.directory)))
     problems = _problems(manifest)  # every mismatch, before anything decodes a shard
     for where, why in problems.items():
         print(f"MISMATCH {where}: {why}", file=sys.stderr)

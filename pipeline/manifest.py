@@ -4,7 +4,6 @@ side files and manifest.json written (manifest last: a directory with a manifest
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,12 @@ from contract.schema import (
     TOKENIZER_FILE,
     UNIGRAM_FILE,
     VOCAB_FILE,
+    Manifest,
     ShardInfo,
+    SpacyInfo,
+    SpanCounts,
+    TokenizerInfo,
+    Totals,
 )
 from pipeline.counters import CLEANING, SPANS, Counter, Counts
 from pipeline.documents import Rejection
@@ -28,7 +32,18 @@ from pipeline.shards import piece_counts
 from pipeline.transforms import RangeResult
 
 
-def build_manifest(base: dict[str, Any], shards: list[ShardInfo], counts: Counts, dead_letters: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ManifestBase:
+    """The manifest's fields the planner fixes before anything is read (pipeline.run.plan_job)."""
+
+    block_size: int
+    annotated: bool
+    spacy: SpacyInfo | None  # None: --no-annotate
+    tokenizer: TokenizerInfo
+    options: dict[str, Any]  # our flags as given (the command line: free-form, so a plain dict)
+
+
+def build_manifest(base: ManifestBase, shards: list[ShardInfo], counts: Counts, dead_letters: int) -> Manifest:
     """The manifest from shard infos and summed counts; raises if a document or block is unaccounted."""
     read, written, rejected = counts[Counter.DOCUMENTS_READ], counts[Counter.DOCUMENTS_WRITTEN], counts[Counter.DOCUMENTS_REJECTED]
     rows, tokens = sum(s.rows for s in shards), sum(s.tokens for s in shards)
@@ -42,26 +57,24 @@ def build_manifest(base: dict[str, Any], shards: list[ShardInfo], counts: Counts
                         f"{counts[Counter.BLOCKS]} / {counts[Counter.TOKENS]}")
     if problems:
         raise RuntimeError("accounting failed: " + "; ".join(problems))
-    return {
-        **base,
-        "format_version": FORMAT_VERSION,
-        "shards": [s.to_json() for s in sorted(shards, key=lambda s: s.file)],
-        "unigram_counts": UNIGRAM_FILE,
-        "dead_letter": DEAD_LETTER,
-        "totals": {
-            "documents_read": read,
-            "documents_written": written,
-            "documents_rejected": rejected,
-            "blocks": rows,
-            "tokens": tokens,
-            "words": counts[Counter.WORDS],
-        },
-        "rejections": dict(sorted(counts.rejected.items())),
-        "skipped": dict(sorted(counts.skipped.items())),  # wikidump pages
-        "cleaning": {c.value: counts[c] for c in CLEANING},
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        block_size=base.block_size,
+        annotated=base.annotated,
+        spacy=base.spacy,
+        tokenizer=base.tokenizer,
+        options=base.options,
+        shards=tuple(sorted(shards, key=lambda s: s.file)),
+        unigram_counts=UNIGRAM_FILE,
+        dead_letter=DEAD_LETTER,
+        totals=Totals(documents_read=read, documents_written=written, documents_rejected=rejected, blocks=rows,
+                      tokens=tokens, words=counts[Counter.WORDS]),
+        rejections=dict(sorted(counts.rejected.items())),
+        skipped=dict(sorted(counts.skipped.items())),  # wikidump pages
+        cleaning={c.value: counts[c] for c in CLEANING},
         # written entity spans per label; masking.stats reports them too
-        "spans": {c.value: counts[c] for c in SPANS} | {"entity_labels": dict(sorted(counts.entity_labels.items()))},
-    }
+        spans=SpanCounts(**{c.value: counts[c] for c in SPANS}, entity_labels=dict(sorted(counts.entity_labels.items()))),
+    )
 
 
 @dataclass
@@ -113,19 +126,20 @@ class _GatherFn(beam.CombineFn):
 
 
 def _finalize(
-    gathered: Gathered, *, output: str, base: dict[str, Any], num_ranges: int, vocab_txt: str, tokenizer_json: str
-) -> Iterator[dict[str, Any]]:
+    gathered: Gathered, *, output: str, base: ManifestBase, num_ranges: int, vocab_txt: str, tokenizer_json: str
+) -> Iterator[Manifest]:
     missing = sorted(set(range(num_ranges)) - gathered.ranges)
     if missing:
         raise RuntimeError(f"accounting failed: {len(missing)} of {num_ranges} planned ranges reported nothing, e.g. {missing[:5]}")
     manifest = build_manifest(base, gathered.shards, gathered.counts, len(gathered.dead))
-    vocab_size = base["tokenizer"]["vocab_size"]
+    tokens = sum(s.tokens for s in manifest.shards)  # = totals.tokens (build_manifest checked)
+    vocab_size = base.tokenizer.vocab_size
     unigram = np.zeros(vocab_size, np.int64)
     for shard in gathered.shards:  # one shard at a time, memory-mapped
         unigram += piece_counts(join(output, shard.file), vocab_size)
-    if int(unigram.sum()) != manifest["totals"]["tokens"]:
+    if int(unigram.sum()) != tokens:
         raise RuntimeError(f"accounting failed: the shards hold {int(unigram.sum())} pieces, their writers counted "
-                           f"{manifest['totals']['tokens']}")
+                           f"{tokens}")
     buf = io.BytesIO()
     np.save(buf, unigram.astype(np.int64))
     lines = sorted(r.to_json() for r in gathered.dead)
@@ -135,7 +149,7 @@ def _finalize(
     write_atomic(join(output, TOKENIZER_FILE), tokenizer_json.encode("utf-8"))
     write_atomic(join(output, DEAD_LETTER), "".join(line + "\n" for line in lines).encode("utf-8"))
     # Last: a directory with a manifest is complete.
-    write_atomic(join(output, MANIFEST), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    write_atomic(join(output, MANIFEST), manifest.to_bytes())
     yield manifest
 
 
@@ -146,7 +160,7 @@ class WriteManifest(beam.PTransform):
     recomputes a side input's whole producer graph).
     """
 
-    def __init__(self, output: str, base: dict[str, Any], num_ranges: int, vocab_txt: str, tokenizer_json: str) -> None:
+    def __init__(self, output: str, base: ManifestBase, num_ranges: int, vocab_txt: str, tokenizer_json: str) -> None:
         super().__init__()
         self.kwargs = {"output": output, "base": base, "num_ranges": num_ranges, "vocab_txt": vocab_txt,
                        "tokenizer_json": tokenizer_json}

@@ -24,11 +24,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from contract.annotate import AVAILABLE, CHUNK_CHARS, MODEL, load_model_spans
 from contract.cli import debug_requested
-from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE, summarize
+from contract.schema import MANIFEST, TOKENIZER_FILE, VOCAB_FILE, Manifest, TokenizerInfo, summarize
 from contract.tokenizer import load_tokenizer, normalizer_identity, tokens_sha256, vocab_list
 from pipeline.documents import FORMATS, CleanOptions, split_format
 from pipeline.inputs import SPLIT_BYTES, ReadRange, match_inputs, parse_input, plan_ranges
-from pipeline.manifest import WriteManifest
+from pipeline.manifest import ManifestBase, WriteManifest
 from pipeline.outdir import join, prepare_output, read_text
 from pipeline.transforms import ProcessRanges, RangeSettings
 
@@ -119,7 +119,7 @@ class Job:
 
     ranges: list[ReadRange]
     settings: RangeSettings
-    base: dict[str, Any]
+    base: ManifestBase
     vocab_txt: str
     tokenizer_json: str
     beam_args: list[str]
@@ -134,7 +134,7 @@ def build_graph(p: beam.Pipeline, job: Job) -> None:
     )
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def run(argv: Sequence[str] | None = None) -> Manifest:
     """Run the pipeline; returns the manifest (also printed as an accounting summary)."""
     job = plan_job(argv)
     beam_options = PipelineOptions(job.beam_args)
@@ -144,7 +144,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         build_graph(p, job)
     _close_client(p.result)
     output = job.settings.output
-    manifest = json.loads(read_text(join(output, MANIFEST)))
+    manifest = Manifest.from_json(json.loads(read_text(join(output, MANIFEST))))
     print(summarize(manifest, output))
     return manifest
 
@@ -169,19 +169,14 @@ def plan_job(argv: Sequence[str] | None) -> Job:
     prepare_output(args.output, args.overwrite)
 
     options = {k: v for k, v in vars(args).items() if k not in ("output", "overwrite")}
-    base = {
-        "block_size": args.block_size,
-        "annotated": args.annotate,
-        "spacy": spans.as_manifest() if spans else None,
-        "tokenizer": {
-            "file": TOKENIZER_FILE,
-            "vocab_file": VOCAB_FILE,
-            "vocab_sha256": tokens_sha256(vocab),
-            "vocab_size": len(vocab),
-            "normalizer": normalizer_identity(tok),
-        },
-        "options": options,
-    }
+    base = ManifestBase(
+        block_size=args.block_size,
+        annotated=args.annotate,
+        spacy=spans.as_manifest() if spans else None,
+        tokenizer=TokenizerInfo(file=TOKENIZER_FILE, vocab_file=VOCAB_FILE, vocab_sha256=tokens_sha256(vocab),
+                                vocab_size=len(vocab), normalizer=normalizer_identity(tok)),
+        options=options,
+    )
     tokenizer_json = tok.to_str()
     settings = RangeSettings(
         clean=CleanOptions(

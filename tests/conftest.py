@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from demo.corpus import EXTRACT_NAME, cache_dir, wikipedia_extract
+
+if TYPE_CHECKING:
+    from contract.schema import Manifest
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -51,7 +55,7 @@ def tokenizer():
     return wordpiece_from_vocab(VOCAB)
 
 
-def build_shards(out: Path, inputs: list[str], *flags: str) -> dict:
+def build_shards(out: Path, inputs: list[str], *flags: str) -> Manifest:
     """`python -m pipeline --input SPEC... --vocab VOCAB --output OUT FLAGS` through its API; the manifest."""
     from pipeline.run import run
 
@@ -97,6 +101,6 @@ def shard_dir(tmp_path_factory) -> Path:
 
     out = write_shards(tmp_path_factory.mktemp("shards") / "shards", num_docs=12, block_size=64, num_shards=16,
                        max_chars=2500, annotate=True)
-    rows = [s["rows"] for s in read_manifest(out).raw["shards"]]
+    rows = [s.rows for s in read_manifest(out).shards]
     assert 0 in rows and sum(rows) > 100, rows  # what the tests rely on: empty shards, enough blocks
     return out

@@ -48,7 +48,7 @@ import torch
 from contract.rundir import HashingWriter, WriteFailed, remove_temporaries, temporary_name
 
 if TYPE_CHECKING:
-    from contract.schema import Manifest
+    from contract.schema import ShardDirectory
     from trainer.config import Config
 
 FORMAT_VERSION = 2  # 2: weights_only-loadable (RNG states as plain values), no scheduler state
@@ -107,13 +107,13 @@ class RunPlan:
         return [f"{k} {_short(recorded[k])} -> {_short(now[k])}" for k in now if k in recorded and recorded[k] != now[k]]
 
 
-def data_identity(manifest: Manifest) -> tuple[str, int]:
+def data_identity(manifest: ShardDirectory) -> tuple[str, int]:
     """(sha256 over the shard list, block count) of a shard directory; independent of where it lives."""
-    shards = [[s["file"], int(s["rows"]), s["sha256"]] for s in manifest.raw["shards"]]
+    shards = [[s.file, s.rows, s.sha256] for s in manifest.shards]
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest(), sum(r for _, r, _ in shards)
 
 
-def run_plan(cfg: Config, world: int, manifest: Manifest) -> RunPlan:
+def run_plan(cfg: Config, world: int, manifest: ShardDirectory) -> RunPlan:
     """THE one place a config becomes a RunPlan (a renamed config field is a one-line change here)."""
     data_sha256, blocks = data_identity(manifest)
     masking = {k: v for k, v in dataclasses.asdict(cfg.masking).items() if k not in ("seed", "max_sbo_targets")}

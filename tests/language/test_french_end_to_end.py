@@ -27,16 +27,16 @@ def _table(shards: Path) -> pa.Table:
 
 
 def test_manifest_records_the_french_models_spans(french_shards):
-    raw = read_manifest(french_shards).raw
-    spacy = raw["spacy"]
-    assert (spacy["model"], spacy["lang"], spacy["label_scheme"]) == ("fr_core_news_sm", "fr", "wikiner")
-    assert spacy["entity_labels"] == WIKINER
-    assert spacy["default_excluded_entity_labels"] == []  # nothing numeric to leave out
-    assert spacy["noun_phrases"] == spacy["entities"] == "available"
+    manifest = read_manifest(french_shards).manifest
+    spacy = manifest.spacy
+    assert (spacy.model, spacy.lang, spacy.label_scheme) == ("fr_core_news_sm", "fr", "wikiner")
+    assert list(spacy.entity_labels) == WIKINER
+    assert spacy.default_excluded_entity_labels == ()  # nothing numeric to leave out
+    assert spacy.noun_phrases == spacy.entities == "available"
     recount = Counter(e["label"] for row in _table(french_shards).column("entity_spans").to_pylist() for e in row)
-    assert raw["spans"]["entity_labels"] == dict(recount) and set(recount) <= set(WIKINER) and len(recount) >= 3
+    assert manifest.spans.entity_labels == dict(recount) and set(recount) <= set(WIKINER) and len(recount) >= 3
     nps = sum(len(r) for r in _table(french_shards).column("noun_phrase_spans").to_pylist())
-    assert nps == raw["spans"]["noun_phrase_spans"] > 100
+    assert nps == manifest.spans.noun_phrase_spans > 100
 
 
 def test_masking_stats_for_the_five_schemes(french_shards, capsys):

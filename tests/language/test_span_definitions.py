@@ -59,15 +59,16 @@ def blank_shards(tmp_path_factory, blank_model, french_vocab) -> Path:
 
 @pytest.mark.slow
 def test_model_without_noun_chunks_or_ner_writes_empty_columns(blank_shards):
-    raw = read_manifest(blank_shards).raw
-    assert raw["spacy"]["noun_phrases"].startswith("unavailable (") and "E894" in raw["spacy"]["noun_phrases"]
-    assert raw["spacy"]["entities"].startswith("unavailable (")
-    assert (raw["spacy"]["entity_labels"], raw["spacy"]["label_scheme"]) == ([], "none")
+    manifest = read_manifest(blank_shards).manifest
+    spacy = manifest.spacy
+    assert spacy.noun_phrases.startswith("unavailable (") and "E894" in spacy.noun_phrases
+    assert spacy.entities.startswith("unavailable (")
+    assert (spacy.entity_labels, spacy.label_scheme) == ((), "none")
     table = open_shard(read_manifest(blank_shards).shard_paths[0])
     assert table.num_rows > 5
     assert all(r == [] for r in table.column("noun_phrase_spans").to_pylist())
     assert all(r == [] for r in table.column("entity_spans").to_pylist())
-    assert raw["spans"]["entity_labels"] == {} and raw["totals"]["documents_written"] == 3
+    assert manifest.spans.entity_labels == {} and manifest.totals.documents_written == 3
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def test_uncased_vocabulary_is_lower_case_without_accents(uncased):
 def test_manifest_records_the_normaliser(uncased):
     _, shards = uncased
     man = read_manifest(shards)
-    assert man.raw["tokenizer"]["normalizer"]["lowercase"] is True and man.lowercase
+    assert man.manifest.tokenizer.normalizer["lowercase"] is True and man.lowercase
     assert man.vocabulary().lowercase
 
 

@@ -355,6 +355,7 @@ def test_stats_cli_reads_spans_from_shards(tmp_path, tokenizer, specials, capsys
     tokens = VOCAB.read_text(encoding="utf-8").splitlines()
     counts = np.bincount(np.concatenate([t.input_ids for t in rows]), minlength=len(tokens))
     np.save(tmp_path / schema.UNIGRAM_FILE, counts)
+    size, digest = schema.file_sha256(tmp_path / name)
     manifest = {
         "format_version": schema.FORMAT_VERSION,
         "block_size": 510,
@@ -362,8 +363,10 @@ def test_stats_cli_reads_spans_from_shards(tmp_path, tokenizer, specials, capsys
             "file": tokenizer_file,
             "vocab_size": len(tokens),
             "vocab_sha256": hashlib.sha256("\n".join(tokens).encode()).hexdigest(),  # of the id-ordered tokens
+            "vocab_file": schema.VOCAB_FILE,
         },
-        "shards": [{"file": name, "rows": len(rows)}],
+        "shards": [{"file": name, "rows": len(rows), "tokens": sum(len(t.input_ids) for t in rows), "bytes": size,
+                    "sha256": digest}],
         "unigram_counts": schema.UNIGRAM_FILE,
     }
     (tmp_path / schema.MANIFEST).write_text(json.dumps(manifest))

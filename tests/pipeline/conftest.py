@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from contract.schema import open_shard, read_manifest
+from contract.schema import Manifest, open_shard, read_manifest
 from tests.conftest import GUTENBERG, GUTENBERG_RAW, WIKI_EXTRACTED, build_shards
 
 REAL_INPUTS = [
@@ -29,7 +29,7 @@ REAL_INPUTS = [
 @dataclass
 class Run:
     out: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     def table(self) -> pa.Table:
         m = read_manifest(self.out)

@@ -66,15 +66,15 @@ def corpus(wiki_slice: Path, tmp_path_factory) -> tuple[list[str], dict[str, lis
 
 
 def _check_accounting(run: Run, expected: dict[str, list[int]]) -> None:
-    t = run.manifest["totals"]
-    assert t["documents_read"] == len(expected) + 1 == t["documents_written"] + t["documents_rejected"]
+    t = run.manifest.totals
+    assert t.documents_read == len(expected) + 1 == t.documents_written + t.documents_rejected
     assert [d["doc_id"].rsplit("/", 1)[-1] for d in run.dead_letters()] == ["latin1.txt"]
     table = run.table()
     got: dict[str, list[int]] = {}
     for doc_id, ids in zip(table.column("doc_id").to_pylist(), table.column("input_ids").to_pylist(), strict=True):
         got.setdefault(doc_id, []).append(len(ids))
     assert got == expected  # every block of every document, nothing lost, nothing twice
-    assert t["blocks"] == table.num_rows == sum(len(v) for v in expected.values())
+    assert t.blocks == table.num_rows == sum(len(v) for v in expected.values())
 
 
 @pytest.mark.slow

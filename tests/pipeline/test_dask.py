@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from dask.distributed import Client, LocalCluster
 
+from contract.schema import Manifest
 from pipeline.run import run
 
 TIME_LIMIT_S = 240  # a hung cluster must fail the test, not the CI job
@@ -63,7 +64,7 @@ def small_corpus(wiki_slice: Path, tmp_path_factory) -> list[str]:
     return [f"wikiextractor:{wiki_slice}", f"text:{root}/*.txt"]
 
 
-def _run(out: Path, inputs: list[str], vocab: Path, *extra: str) -> dict:
+def _run(out: Path, inputs: list[str], vocab: Path, *extra: str) -> Manifest:
     argv = [a for spec in inputs for a in ("--input", spec)]
     return run([*argv, "--vocab", str(vocab), "--output", str(out), *extra])
 
@@ -96,8 +97,8 @@ def test_dask_matches_default_runner_without_annotation(dask_scheduler, small_co
     _assert_same_output(tmp_path / "default", tmp_path / "dask")
     # The inputs' known facts, independently of either run: 3 articles + 5 text files read, the
     # Latin-1 one rejected, the Gutenberg frame stripped.
-    assert (dask["totals"]["documents_read"], dask["rejections"]) == (8, {"invalid_utf8": 1})
-    assert dask["cleaning"]["gutenberg_boilerplate_stripped"] == 1 == default["cleaning"]["gutenberg_boilerplate_stripped"]
+    assert (dask.totals.documents_read, dask.rejections) == (8, {"invalid_utf8": 1})
+    assert dask.cleaning["gutenberg_boilerplate_stripped"] == 1 == default.cleaning["gutenberg_boilerplate_stripped"]
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +131,8 @@ def test_dask_matches_default_runner_with_annotation(dask_scheduler, short_artic
     dask = _run(tmp_path / "dask", [f"wikiextractor:{short_articles}"], vocab_path, *common,
                 "--runner", "DaskRunner", f"--dask_client_address={dask_scheduler}")
     _assert_same_output(tmp_path / "default", tmp_path / "dask")
-    assert dask["totals"]["documents_read"] == 3
-    assert dask["spans"]["entity_spans"] > 0 and dask["spans"]["noun_phrase_spans"] > 0
+    assert dask.totals.documents_read == 3
+    assert dask.spans.entity_spans > 0 and dask.spans.noun_phrase_spans > 0
 
 
 def test_runner_alias_and_partition_default() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter, defaultdict
@@ -11,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from contract.schema import BLOCK_SCHEMA, open_shard, read_manifest
+from contract.schema import BLOCK_SCHEMA, MANIFEST, Manifest, open_shard, read_manifest
 from pipeline.documents import FRAMERS, CleanOptions, Document, clean_document
 from pipeline.inputs import source_base
 from tests.conftest import GUTENBERG, GUTENBERG_RAW, VOCAB, WIKI_EXTRACTED
@@ -70,7 +71,7 @@ def test_blocks_concatenate_to_the_full_tokenisation(real_run: Run, real_expecte
 
 
 def test_block_invariants(real_run: Run) -> None:
-    limit = real_run.manifest["block_size"] - 2
+    limit = real_run.manifest.block_size - 2
     docs = _docs_from_table(real_run.table())
     short_inner = 0
     for doc_id, rows in docs.items():
@@ -115,19 +116,19 @@ def test_each_range_writes_its_documents_whole_in_input_order(real_run: Run) -> 
 
 
 def test_accounting_real(real_run: Run) -> None:
-    t = real_run.manifest["totals"]
-    assert t["documents_read"] == 106 + 7 + 4  # Wikipedia articles + committed books + raw Gutenberg books
-    assert t["documents_read"] == t["documents_written"] + t["documents_rejected"]
+    t = real_run.manifest.totals
+    assert t.documents_read == 106 + 7 + 4  # Wikipedia articles + committed books + raw Gutenberg books
+    assert t.documents_read == t.documents_written + t.documents_rejected
     # the two Latin-1 books are dead-lettered by default, with the offending byte
     dead = real_run.dead_letters()
     assert sorted(d["doc_id"] for d in dead) == ["gutenberg/chesterton-ball.txt", "gutenberg/shakespeare-caesar.txt"]
     assert {d["reason"] for d in dead} == {"invalid_utf8"} and all("byte" in d["detail"] for d in dead)
-    assert real_run.manifest["rejections"] == {"invalid_utf8": 2}
-    assert real_run.manifest["cleaning"]["gutenberg_boilerplate_stripped"] == 4
+    assert real_run.manifest.rejections == {"invalid_utf8": 2}
+    assert real_run.manifest.cleaning["gutenberg_boilerplate_stripped"] == 4
     table = real_run.table()
-    assert t["blocks"] == table.num_rows == sum(s["rows"] for s in real_run.manifest["shards"])
+    assert t.blocks == table.num_rows == sum(s.rows for s in real_run.manifest.shards)
     ids = table.column("input_ids").combine_chunks().values.to_numpy()
-    assert t["tokens"] == len(ids)
+    assert t.tokens == len(ids)
     counts = read_manifest(real_run.out).unigram_counts()
     assert np.array_equal(counts, np.bincount(ids, minlength=len(counts)))
 
@@ -162,9 +163,9 @@ def test_another_split_holds_the_same_blocks(real_run: Run, real_run_split: Run)
         return sorted(zip(t.column("doc_id").to_pylist(), t.column("block_index").to_pylist(),
                           t.column("input_ids").to_pylist(), t.column("word_start").to_pylist(), strict=True))
 
-    assert len(real_run_split.manifest["shards"]) > len(real_run.manifest["shards"])
+    assert len(real_run_split.manifest.shards) > len(real_run.manifest.shards)
     assert rows(real_run) == rows(real_run_split)
-    assert real_run.manifest["totals"] == real_run_split.manifest["totals"]
+    assert real_run.manifest.totals == real_run_split.manifest.totals
     for name in ("unigram_counts.npy", "dead_letter.jsonl"):
         assert (real_run.out / name).read_bytes() == (real_run_split.out / name).read_bytes()
 
@@ -173,8 +174,8 @@ def test_manifest_hashes_match_files(real_run: Run) -> None:
     from pipeline.inspect import verify
 
     assert verify(real_run.out) == []
-    for s in real_run.manifest["shards"]:
-        assert hashlib.sha256((real_run.out / s["file"]).read_bytes()).hexdigest() == s["sha256"]
+    for s in real_run.manifest.shards:
+        assert hashlib.sha256((real_run.out / s.file).read_bytes()).hexdigest() == s.sha256
     assert (real_run.out / "vocab.txt").read_text().splitlines()[101] == "[CLS]"
 
 
@@ -186,7 +187,7 @@ def test_inspect_detects_a_tampered_shard(real_run: Run, tmp_path: Path) -> None
     copy = tmp_path / "copy"
     shutil.copytree(real_run.out, copy)
     assert main([str(copy)]) == 0
-    first = copy / real_run.manifest["shards"][0]["file"]
+    first = copy / real_run.manifest.shards[0].file
     data = bytearray(first.read_bytes())
     data[len(data) // 2] ^= 1
     first.write_bytes(bytes(data))
@@ -203,7 +204,7 @@ def test_shards_load_with_pyarrow_and_datasets(real_run: Run, tmp_path: Path, mo
         t = pa.ipc.open_file(src).read_all()
     assert t.schema.equals(BLOCK_SCHEMA)
     ds = datasets.load_dataset("arrow", data_files=paths, split="train", cache_dir=str(tmp_path))
-    assert len(ds) == real_run.manifest["totals"]["blocks"]
+    assert len(ds) == real_run.manifest.totals.blocks
     assert ds.features["input_ids"].feature.dtype == "int32"
     # zero-copy alternative: wrap the memory-mapped table
     mm = datasets.Dataset(datasets.table.MemoryMappedTable(t, paths[0]))
@@ -215,11 +216,11 @@ def test_shards_load_with_pyarrow_and_datasets(real_run: Run, tmp_path: Path, mo
 
 
 def test_bad_corpus_accounting(bad_run: Run, bad_corpus) -> None:
-    t = bad_run.manifest["totals"]
-    assert t["documents_read"] == bad_corpus["read"]
-    assert t["documents_rejected"] == sum(bad_corpus["rejections"].values())
-    assert t["documents_read"] == t["documents_written"] + t["documents_rejected"]
-    assert bad_run.manifest["rejections"] == bad_corpus["rejections"]
+    t = bad_run.manifest.totals
+    assert t.documents_read == bad_corpus["read"]
+    assert t.documents_rejected == sum(bad_corpus["rejections"].values())
+    assert t.documents_read == t.documents_written + t.documents_rejected
+    assert bad_run.manifest.rejections == bad_corpus["rejections"]
     dead = bad_run.dead_letters()
     assert Counter(d["reason"] for d in dead) == Counter(bad_corpus["rejections"])
     jsonl = bad_corpus["root"] / "docs.jsonl"
@@ -227,7 +228,7 @@ def test_bad_corpus_accounting(bad_run: Run, bad_corpus) -> None:
     bad_utf8 = {d["doc_id"] for d in dead if d["reason"] == "invalid_utf8"}
     assert bad_utf8 == {"text/latin1.txt", f"{bad_corpus['root'].name}/docs.jsonl#@{offset}"}
     assert all(set(d) == {"source", "doc_id", "reason", "detail"} for d in dead)
-    c = bad_run.manifest["cleaning"]
+    c = bad_run.manifest.cleaning
     assert c["nul_bytes_removed"] == 1 and c["markup_removed"] == 3 and c["unterminated_wiki_doc"] == 1
     assert c["gutenberg_boilerplate_stripped"] == 1
 
@@ -259,8 +260,8 @@ def test_encoding_fallback_decodes_instead(tmp_path: Path, bad_corpus, tokenizer
     latin1_books = [f"text:{GUTENBERG}/chesterton-ball.txt", f"text:{GUTENBERG}/shakespeare-caesar.txt"]
     run = run_pipeline(tmp_path / "out", [bad_corpus["inputs"][0], *latin1_books], "--no-annotate",
                        "--encoding-fallback", "latin-1")
-    assert "invalid_utf8" not in run.manifest["rejections"]
-    assert run.manifest["cleaning"]["decoded_with_fallback"] == 3
+    assert "invalid_utf8" not in run.manifest.rejections
+    assert run.manifest.cleaning["decoded_with_fallback"] == 3
     docs = _docs_from_table(run.table())
     assert {"text/latin1.txt", "gutenberg/chesterton-ball.txt", "gutenberg/shakespeare-caesar.txt"} <= set(docs)
     caesar = tokenizer.decode([p for r in docs["gutenberg/shakespeare-caesar.txt"] for p in r["input_ids"]])
@@ -274,11 +275,11 @@ def test_encoding_fallback_decodes_instead(tmp_path: Path, bad_corpus, tokenizer
 def test_entity_spans_decode_to_entity_text(annotated_run: Run, wiki_slice: Path, tokenizer) -> None:
     from contract.annotate import load_nlp
 
-    assert annotated_run.manifest["annotated"] is True
+    assert annotated_run.manifest.annotated is True
     texts = _reference_docs([("wikiextractor", str(wiki_slice))], CleanOptions())
     nlp = load_nlp()
     docs = _docs_from_table(annotated_run.table())
-    dropped = annotated_run.manifest["spans"]["entity_spans_dropped_at_block_edge"]
+    dropped = annotated_run.manifest.spans.entity_spans_dropped_at_block_edge
     found = expected_total = 0
     for doc_id, text in texts.items():
         # Entity text as pieces joined without spaces: independent of chunking and whitespace.
@@ -300,7 +301,7 @@ def test_entity_spans_decode_to_entity_text(annotated_run: Run, wiki_slice: Path
         assert overlap >= 0.97 * sum(expected.values()), doc_id
         found += sum(got.values())
         expected_total += sum(expected.values())
-    assert found == annotated_run.manifest["spans"]["entity_spans"]
+    assert found == annotated_run.manifest.spans.entity_spans
     assert found > 500 and found >= 0.95 * expected_total - dropped
 
 
@@ -335,6 +336,40 @@ def test_overwrite_rules(tmp_path: Path, wiki_slice: Path) -> None:
     assert (out / "notes.txt").exists()
 
 
+def _fields_not_in(record: object, obj: dict, where: str = "") -> list[str]:
+    missing = []
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.name not in obj:
+            missing.append(where + f.name)
+        elif dataclasses.is_dataclass(value):
+            missing += _fields_not_in(value, obj[f.name], f"{where}{f.name}.")
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            missing += [m for v, o in zip(value, obj[f.name], strict=True) for m in _fields_not_in(v, o, f"{where}{f.name}[].")]
+    return missing
+
+
+@pytest.mark.parametrize("which", ["real_run", "annotated_run"])
+def test_manifest_round_trips_through_its_type(which: str, request, tmp_path: Path) -> None:
+    """manifest.json as the pipeline wrote it (--no-annotate, and with spaCy) reads into the typed record and
+    writes back to the same bytes; a required field missing or ill-typed is one line naming the file and field."""
+    data = (request.getfixturevalue(which).out / MANIFEST).read_bytes()
+    manifest = Manifest.from_json(json.loads(data))
+    assert manifest.to_bytes() == data
+    # ... and the file holds every field of the record, nested ones too (a field to_json left out would
+    # round-trip unnoticed, since the same code wrote the file)
+    assert _fields_not_in(manifest, json.loads(data)) == []
+    for change, field in ((lambda m: m["tokenizer"].pop("vocab_size"), "'tokenizer.vocab_size' is missing"),
+                          (lambda m: m["shards"][0].pop("bytes"), "'shards[0].bytes' is missing"),
+                          (lambda m: m.update(block_size="512"), "'block_size' is a string, expected an integer")):
+        broken = json.loads(data)
+        change(broken)
+        (tmp_path / MANIFEST).write_text(json.dumps(broken))
+        with pytest.raises(ValueError) as err:
+            read_manifest(tmp_path)
+        assert str(err.value) == f"{tmp_path / MANIFEST}: field {field}"
+
+
 def test_no_partial_files_left(real_run: Run) -> None:
     assert not [p for p in real_run.out.iterdir() if p.name.endswith(".tmp")]
     assert json.loads((real_run.out / "manifest.json").read_text())["dead_letter"] == "dead_letter.jsonl"
@@ -355,6 +390,6 @@ def test_compressed_input_is_read_whole(tmp_path: Path, wiki_slice: Path) -> Non
     gz.write_bytes(gzip.compress(wiki_slice.read_bytes()))
     # --split-bytes smaller than the file: a compressed file cannot be seeked, so it stays one range
     run = run_pipeline(tmp_path / "out", [f"wikiextractor:{gz}"], "--no-annotate", "--split-bytes", "1000")
-    assert run.manifest["totals"]["documents_read"] == run.manifest["totals"]["documents_written"] == 3
+    assert run.manifest.totals.documents_read == run.manifest.totals.documents_written == 3
     ids = sorted(run.table().column("doc_id").unique().to_pylist())
     assert ids == ["in/wiki3.txt.gz#12", "in/wiki3.txt.gz#25", "in/wiki3.txt.gz#39"]

@@ -17,12 +17,20 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from contract.schema import BLOCK_SCHEMA, ShardInfo, open_shard, range_shard_name, read_manifest
+from contract.schema import (
+    BLOCK_SCHEMA,
+    ShardInfo,
+    TokenizerInfo,
+    Totals,
+    open_shard,
+    range_shard_name,
+    read_manifest,
+)
 from pipeline.counters import Counter, Counts
 from pipeline.documents import CleanOptions, Document, Rejection
 from pipeline.encode import BlockRows
 from pipeline.inputs import ReadRange, match_inputs, parse_input, plan_ranges, read_range
-from pipeline.manifest import WriteManifest
+from pipeline.manifest import ManifestBase, WriteManifest
 from pipeline.shards import ROWS_PER_BATCH, RangeShardWriter, blocks_table
 from pipeline.transforms import ProcessRanges, RangeResult, RangeSettings, _ProcessRangeFn, annotate_batch
 
@@ -194,8 +202,13 @@ def _write_shard(directory: Path, name: str, rows: list[list[int]]) -> ShardInfo
     return ShardInfo(name, len(rows), sum(map(len, rows)), len(data), hashlib.sha256(data).hexdigest())
 
 
+def _base() -> ManifestBase:
+    return ManifestBase(block_size=8, annotated=False, spacy=None,
+                        tokenizer=TokenizerInfo("tokenizer.json", "vocab.txt", "s", 3), options={})
+
+
 def test_write_manifest_writes_the_side_files_and_the_manifest_last(tmp_path: Path) -> None:
-    base = {"block_size": 8, "tokenizer": {"vocab_size": 3, "vocab_sha256": "s", "file": "tokenizer.json"}}
+    base = _base()
     a = _write_shard(tmp_path, range_shard_name(1, 0), [[2, 1]])
     b = _write_shard(tmp_path, range_shard_name(0, 0), [[0, 1], [1]])
     (tmp_path / "x.arrow.123.tmp").write_bytes(b"left by a failed attempt")
@@ -206,9 +219,9 @@ def test_write_manifest_writes_the_side_files_and_the_manifest_last(tmp_path: Pa
     ]
     with _pipeline() as p:
         manifest = p | beam.Create(parts) | WriteManifest(str(tmp_path), base, 2, "[PAD]\na\nb\n", '{"t": 1}')
-        assert_that(manifest | beam.Map(lambda m: (m["totals"], [s["file"] for s in m["shards"]], m["rejections"])),
-                    equal_to([({"documents_read": 4, "documents_written": 2, "documents_rejected": 2, "blocks": 3,
-                                "tokens": 5, "words": 4}, [b.file, a.file], {"invalid_utf8": 2})]))
+        assert_that(manifest | beam.Map(lambda m: (m.totals, [s.file for s in m.shards], m.rejections)),
+                    equal_to([(Totals(documents_read=4, documents_written=2, documents_rejected=2, blocks=3,
+                                      tokens=5, words=4), [b.file, a.file], {"invalid_utf8": 2})]))
     written = json.loads((tmp_path / "manifest.json").read_text())
     assert written["totals"]["documents_read"] == 4 and written["block_size"] == 8
     assert read_manifest(tmp_path).shards == [b, a]  # read back through the type it was written with
@@ -225,7 +238,7 @@ def test_write_manifest_writes_the_side_files_and_the_manifest_last(tmp_path: Pa
     ([_result(0, [], documents_read=1, documents_written=1)], "1 of 2 planned ranges reported nothing"),
 ])
 def test_write_manifest_refuses_what_does_not_add_up(tmp_path: Path, parts: list, message: str) -> None:
-    base = {"block_size": 8, "tokenizer": {"vocab_size": 3}}
+    base = _base()
     with pytest.raises(RuntimeError, match=message), _pipeline() as p:
         _ = p | beam.Create(parts) | WriteManifest(str(tmp_path), base, 2 if "planned" in message else 1, "", "")
     assert not (tmp_path / "manifest.json").exists()

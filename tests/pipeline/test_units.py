@@ -181,13 +181,13 @@ def test_vocab_trainer_and_tokenizer_json_input(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     manifest = run(["--input", str(text), "--tokenizer", str(tmp_path / "v" / "tokenizer.json"),
                     "--output", str(tmp_path / "out"), "--no-annotate", "--num-shards", "1"])
-    assert manifest["tokenizer"]["vocab_size"] == tok.get_vocab_size()
-    assert manifest["totals"]["documents_written"] == 2 and verify(tmp_path / "out") == []
+    assert manifest.tokenizer.vocab_size == tok.get_vocab_size()
+    assert manifest.totals.documents_written == 2 and verify(tmp_path / "out") == []
     # One manifest summary: the pipeline prints it when done, inspect prints the same before verifying.
     printed = capsys.readouterr().out
-    (shard,) = manifest["shards"]
-    assert f"documents read 2 = written 2 + rejected 0; blocks {manifest['totals']['blocks']}" in printed
-    assert f"  {shard['file']}: {shard['rows']} rows, {shard['tokens']} tokens, sha256 {shard['sha256'][:16]}" in printed
+    (shard,) = manifest.shards
+    assert f"documents read 2 = written 2 + rejected 0; blocks {manifest.totals.blocks}" in printed
+    assert f"  {shard.file}: {shard.rows} rows, {shard.tokens} tokens, sha256 {shard.sha256[:16]}" in printed
     assert inspect_main([str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out.startswith(printed)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.schema import Manifest
 from pipeline.documents import RawDocument, frame_wikiextractor
 from pipeline.wikidump import (
     PageSkip,
@@ -218,22 +219,22 @@ def test_pipeline_end_to_end(tmp_path: Path, multistream_dump: Path) -> None:
     alone.parent.mkdir()
     alone.write_bytes(FIXTURE.read_bytes())
     single = build_shards(tmp_path / "single", [f"wikidump:{alone.parent}/*.xml.bz2"], "--no-annotate", "--num-shards", "2")
-    assert single["skipped"] == {"redirect": 4, "namespace": 1, "disambiguation": 4, "empty": 1}
-    assert single["totals"]["documents_read"] == single["totals"]["documents_written"] == ARTICLES
+    assert single.skipped == {"redirect": 4, "namespace": 1, "disambiguation": 4, "empty": 1}
+    assert single.totals.documents_read == single.totals.documents_written == ARTICLES
     assert len(plan_dump(str(multistream_dump), multistream_dump.stat().st_size, 20_000)) > 2
     multi = build_shards(tmp_path / "multi", [f"wikidump:{multistream_dump.parent}/*.xml.bz2"], "--no-annotate",
                          "--num-shards", "2", "--split-bytes", "20000",
                          "--direct_running_mode=multi_processing", "--direct_num_workers=2")
-    assert multi["skipped"] == single["skipped"] and multi["totals"] == single["totals"]
+    assert multi.skipped == single.skipped and multi.totals == single.totals
     # Shards follow the read plan (docs/pipeline.md, "Shard naming"): another plan, the same blocks.
     assert _blocks(tmp_path / "multi", multi) == _blocks(tmp_path / "single", single)
     assert (tmp_path / "multi" / "unigram_counts.npy").read_bytes() == (tmp_path / "single" / "unigram_counts.npy").read_bytes()
 
 
-def _blocks(out: Path, manifest: dict) -> list[tuple]:
+def _blocks(out: Path, manifest: Manifest) -> list[tuple]:
     import pyarrow as pa
 
-    t = pa.concat_tables([pa.ipc.open_file(pa.memory_map(str(out / s["file"]))).read_all() for s in manifest["shards"]])
+    t = pa.concat_tables([pa.ipc.open_file(pa.memory_map(str(out / s.file))).read_all() for s in manifest.shards])
     return sorted(zip(t.column("doc_id").to_pylist(), t.column("block_index").to_pylist(),
                       t.column("input_ids").to_pylist(), strict=True))
 
@@ -245,12 +246,12 @@ def test_pipeline_on_a_truncated_dump_dead_letters_the_break(tmp_path: Path) -> 
     cut.parent.mkdir()
     cut.write_bytes(data[: len(data) * 2 // 3])
     manifest = build_shards(tmp_path / "out", [f"wikidump:{cut}"], "--no-annotate", "--num-shards", "1")
-    assert manifest["rejections"] == {"bz2_truncated": 1}
+    assert manifest.rejections == {"bz2_truncated": 1}
     dead = [json.loads(line) for line in (tmp_path / "out" / "dead_letter.jsonl").read_text().splitlines()]
     source = f"in/{cut.name}"  # the pipeline names a file by its folder and name
     assert [(d["source"], d["doc_id"], d["reason"]) for d in dead] == [(source, f"{source}@0", "bz2_truncated")]
     assert f"ends at byte {len(data) * 2 // 3}" in dead[0]["detail"]
-    assert manifest["totals"]["documents_written"] > 0
+    assert manifest.totals.documents_written > 0
 
 
 def test_a_malformed_index_is_a_one_line_error(tmp_path: Path, multistream_dump: Path, capsys) -> None:

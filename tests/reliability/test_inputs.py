@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from contract.cli import run_main
+from contract.schema import Manifest
 from pipeline.documents import CleanOptions, clean_document
 from pipeline.run import main as pipeline_main
 from tests.conftest import REPO, VOCAB, build_shards
@@ -47,7 +48,7 @@ def test_byte_ranges_split_anywhere_yield_every_document_once(newline):
         assert got == [f"w.txt#{i}" for i, _, _ in DOCS], (newline, cut)
 
 
-def _pipeline(tmp_path: Path, inputs: list[str], *flags: str) -> dict:
+def _pipeline(tmp_path: Path, inputs: list[str], *flags: str) -> Manifest:
     return build_shards(tmp_path / "out", inputs, "--no-annotate", "--num-shards", "1", "--block-size", "64", *flags)
 
 
@@ -61,8 +62,8 @@ def test_files_not_in_the_declared_format_are_counted_dead_letters(tmp_path):
     (src / "d-plain.txt").write_text("Just a plain text file, not WikiExtractor output.\n")
     (src / "e-empty.txt").write_bytes(b"")
     manifest = _pipeline(tmp_path, [f"wikiextractor:{src}/*.txt"])
-    t = manifest["totals"]
-    assert (t["documents_read"], t["documents_written"], t["documents_rejected"]) == (7, 3, 4)
+    t = manifest.totals
+    assert (t.documents_read, t.documents_written, t.documents_rejected) == (7, 3, 4)
     dead = {json.loads(x)["source"]: json.loads(x)["reason"]
             for x in (tmp_path / "out" / "dead_letter.jsonl").read_text().splitlines()}
     assert dead == {"in/b-utf16.txt": "utf16", "in/c-binary.txt": "binary", "in/d-plain.txt": "no_wikiextractor_docs",

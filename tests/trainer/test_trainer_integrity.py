@@ -105,7 +105,7 @@ def test_token_id_outside_the_vocabulary_is_caught_when_its_batch_is_read(shard_
     d = _copy(shard_dir, tmp_path)
     manifest = read_manifest(d)
     vocab_size = manifest.vocab_size
-    rows_per_shard = [s["rows"] for s in manifest.raw["shards"]]
+    rows_per_shard = [s.rows for s in manifest.shards]
     k = [i for i, n in enumerate(rows_per_shard) if n > 3][1]  # the second shard with a row 3 (some are empty)
     table = _read(manifest.shard_paths[k])
     rows = table.to_pylist()
@@ -121,7 +121,7 @@ def test_token_id_outside_the_vocabulary_is_caught_when_its_batch_is_read(shard_
 def test_inspect_hashes_before_decoding_and_reports_every_mismatch(shard_dir, tmp_path, capsys):
     d = _copy(shard_dir, tmp_path)
     manifest = read_manifest(d)
-    first, second = [p for p, s in zip(manifest.shard_paths, manifest.raw["shards"], strict=True) if s["rows"]][:2]
+    first, second = [p for p, s in zip(manifest.shard_paths, manifest.shards, strict=True) if s.rows][:2]
     row = _read(first).num_rows // 2
     ids = np.asarray(_read(first).column("input_ids")[row].as_py(), np.int32).tobytes()
     _flip(first, first.read_bytes().find(ids), 100)  # 100 bytes of that row's token ids: negative ids now

@@ -52,11 +52,11 @@ def _input_documents(shards: Path) -> dict[str, str]:
 
 def test_trainer_reads_every_block_of_real_shards_in_order(long_shards, tokenizer):
     m = read_manifest(long_shards)
-    rows = [s["rows"] for s in m.raw["shards"]]
+    rows = [s.rows for s in m.shards]
     assert 0 in rows, rows  # an empty shard ...
     assert max(_record_batches(p) for p in m.shard_paths) > 1 and max(rows) > ROWS_PER_BATCH  # ... and a multi-batch one
     shards = ShardSet(long_shards)
-    assert len(shards) == sum(rows) == m.raw["totals"]["blocks"]
+    assert len(shards) == sum(rows) == m.manifest.totals.blocks
     by_doc: dict[str, list[int]] = defaultdict(list)
     for row in range(len(shards)):
         by_doc[shards.doc_id(row)].append(row)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from contract.schema import Manifest, ShardError, open_checked, read_manifest
+from contract.schema import ShardDirectory, ShardError, open_checked, read_manifest
 from masking import Block, Scheme
 
 
@@ -19,7 +19,7 @@ class ShardSet:
     def __init__(self, directory: str | Path, expected_vocab_sha256: str = ""):
         """Every shard is checked against its manifest entry on open (contract.schema.open_checked), token ids
         against the vocabulary when a batch first reads them; sha256: `python -m trainer --verify-shards`."""
-        self.manifest: Manifest = read_manifest(directory)
+        self.manifest: ShardDirectory = read_manifest(directory)
         if expected_vocab_sha256 and expected_vocab_sha256 != self.manifest.vocab_sha256:
             raise ValueError(
                 f"{directory}: shards were tokenized with vocabulary {self.manifest.vocab_sha256[:12]}..., "
@@ -36,10 +36,11 @@ class ShardSet:
                 first += len(self.chunks[-1]["input_ids"])
         rows = np.array([len(c["input_ids"]) for c in self.chunks], dtype=np.int64)
         if rows.sum() == 0:  # before any concatenate: an empty corpus is bad input, named as such
-            totals = self.manifest.raw.get("totals", {})
+            totals = self.manifest.manifest.totals
+            read, rejected = (totals.documents_read, totals.documents_rejected) if totals else (None, None)
             raise ValueError(
                 f"{directory}: no blocks ({len(self.manifest.shard_paths)} shards, 0 rows; the pipeline read "
-                f"{totals.get('documents_read', '?')} documents and rejected {totals.get('documents_rejected', '?')}, "
+                f"{'?' if read is None else read} documents and rejected {'?' if rejected is None else rejected}, "
                 f"see its dead_letter.jsonl)"
             )
         self.chunk_start = np.concatenate([[0], np.cumsum(rows)])
