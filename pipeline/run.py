@@ -139,7 +139,7 @@ def run(argv: Sequence[str] | None = None) -> Manifest:
     job = plan_job(argv)
     beam_options = PipelineOptions(job.beam_args)
     # No --runner: FnApiRunner directly. (DirectRunner would first try Prism, which downloads a binary.)
-    runner = None if beam_options.view_as(StandardOptions).runner else _local_runner()
+    runner = None if beam_options.view_as(StandardOptions).runner else local_runner()
     with beam.Pipeline(runner=runner, options=beam_options) as p:
         build_graph(p, job)
     _close_client(p.result)
@@ -155,6 +155,9 @@ def plan_job(argv: Sequence[str] | None) -> Job:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     _validate(args, parser)
+    if _timed_flush_experiment(beam_args):
+        parser.error("--experiments data_buffer_time_limit_ms: Beam's timed flush of a worker's output loses "
+                     "data (docs/pipeline.md, 'Lost blocks'); leave it unset")
     inputs = [parse_input(s, args.format) for s in args.input]
     # Planned here, before any worker starts: a glob that matches nothing fails now, and every
     # runner gets the ranges as separate elements to distribute.
@@ -248,10 +251,31 @@ def _close_client(result: Any) -> None:
         client.close()
 
 
-def _local_runner() -> beam.runners.PipelineRunner:
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+def local_runner() -> beam.runners.PipelineRunner:
+    """Beam's FnApiRunner, without the timed flush that lost blocks on the multi-worker modes.
 
+    Beam 2.77's runner sends every stage's input to a worker process through a stream that a timer
+    thread also flushes once a second (worker_handlers.DATA_BUFFER_TIME_LIMIT_MS, used by its gRPC data
+    server and by in-process gRPC workers). That flush hands on get() and then _clear()s, without the
+    writer's lock: a chunk the runner writes in between is dropped, silently. 0 leaves the size-based
+    flush alone, which runs on the writing thread. Root cause and reproduction: docs/pipeline.md,
+    "Lost blocks".
+    """
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
+
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
     return FnApiRunner()
+
+
+def _timed_flush_experiment(beam_args: list[str]) -> bool:
+    """`--experiments data_buffer_time_limit_ms=N` (N > 0) turns the same racy flush on in the workers."""
+    from apache_beam.options.pipeline_options import DebugOptions
+
+    for experiment in PipelineOptions(beam_args).view_as(DebugOptions).experiments or []:
+        name, _, value = experiment.partition("=")
+        if name == "data_buffer_time_limit_ms" and value.strip().lstrip("+").isdigit() and int(value) > 0:
+            return True
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

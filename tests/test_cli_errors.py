@@ -133,3 +133,11 @@ def test_ablate_unknown_row(tmp_path, shard_dir):
 def test_demo_bad_argument():
     line = _error_line(["demo", "--max-steps", "many"])
     assert "--max-steps" in line
+
+
+def test_pipeline_refuses_the_timed_flush_experiment(tmp_path, vocab_path):
+    (tmp_path / "a.txt").write_text("Some text.\n", encoding="utf-8")
+    line = _error_line(["pipeline", "--input", f"text:{tmp_path}/a.txt", "--vocab", str(vocab_path), "--no-annotate",
+                        "--output", str(tmp_path / "out"), "--experiments=data_buffer_time_limit_ms=500"])
+    assert "data_buffer_time_limit_ms" in line
+    assert not (tmp_path / "out").exists()  # refused before anything was planned or written

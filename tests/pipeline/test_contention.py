@@ -2,10 +2,12 @@
 accounting checked against an independent recount every time.
 
 Why: before range-local writing, a 2-worker run once lost 4,432 blocks at load ~15 (the accounting
-check caught it; docs/pipeline.md, "Lost blocks"). Each run here has two Beam worker processes and
-CPU-bound hogs (one more than there are cores), several ranges per worker, and checks: every document
-read is one of the written ones or a dead letter, the blocks the shards hold are exactly the blocks of
-a plain single-process recomputation, and the files are byte-identical to an in-process run's.
+check caught it). The cause was a race in Beam's runner-side timed flush, now switched off
+(docs/pipeline.md, "Lost blocks"; tests/pipeline/test_runner_data_plane.py opens that race on purpose).
+Each run here has two Beam worker processes and CPU-bound hogs (one more than there are cores), several
+ranges per worker, and checks: every document read is one of the written ones or a dead letter, the
+blocks the shards hold are exactly the blocks of a plain single-process recomputation, and the files
+are byte-identical to an in-process run's.
 """
 
 from __future__ import annotations

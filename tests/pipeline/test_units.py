@@ -231,3 +231,14 @@ def test_local_defaults_parallelise_only_annotation() -> None:
     assert "--direct_running_mode=multi_processing" in _local_defaults([], annotate=True)
     for given_flags in (["--direct_num_workers=1"], ["--runner=DataflowRunner"], ["--direct_running_mode", "in_memory"]):
         assert _local_defaults(given_flags, annotate=True) == given_flags  # the user's flags win
+
+
+def test_timed_flush_experiment_is_recognised_in_every_spelling() -> None:
+    from pipeline.run import _timed_flush_experiment
+
+    for flags in (["--experiments=data_buffer_time_limit_ms=500"], ["--experiments", "data_buffer_time_limit_ms=1"],
+                  ["--experiment=use_runner_v2", "--experiment=data_buffer_time_limit_ms=1000"]):
+        assert _timed_flush_experiment(flags), flags
+    for flags in ([], ["--experiments=data_buffer_time_limit_ms=0"], ["--experiments=use_runner_v2"],
+                  ["--direct_num_workers=2"]):
+        assert not _timed_flush_experiment(flags), flags
