@@ -259,7 +259,8 @@ def local_runner() -> beam.runners.PipelineRunner:
     server and by in-process gRPC workers). That flush hands on get() and then _clear()s, without the
     writer's lock: a chunk the runner writes in between is dropped, silently. 0 leaves the size-based
     flush alone, which runs on the writing thread. Root cause and reproduction: docs/pipeline.md,
-    "Lost blocks".
+    "Lost blocks". Beam is pinned (pyproject.toml); after an upgrade, tests/pipeline/test_runner_data_plane.py
+    says whether this still switches the race off.
     """
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
 
