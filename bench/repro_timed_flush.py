@@ -7,7 +7,7 @@ _clear(): those bytes are the ones the race throws away. It runs whichever `pipe
 first on the path, so it also reproduces the graph from before issue 19:
 
     git worktree add /tmp/pre19 3c241f3^
-    cd /tmp/pre19 && PYTHONPATH=. REPRO_WIDEN=0.2 REPRO_SLOW_WRITE=0.5 \\
+    cd /tmp/pre19 && PYTHONPATH=. REPRO_WIDEN=0.9 REPRO_SLOW_WRITE=0.8 \\
         python $REPO/bench/repro_timed_flush.py --input ... --vocab ... --output OUT --no-annotate \\
         --direct_running_mode=multi_processing --direct_num_workers=2
 
@@ -31,6 +31,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from apache_beam.runners.portability.fn_api_runner import fn_runner
@@ -74,16 +75,21 @@ def locked_write(self: Any, b: bytes, nested: bool = False) -> None:
         data_plane.SizeBasedBufferingClosableOutputStream.write(self, b, nested)
 
 
-def send_input_to_worker(self: Any, process_bundle_id: str, read_transform_id: str, byte_streams: Any) -> None:
-    """fn_runner.BundleManager._send_input_to_worker, with an optional pause between chunks and a log line."""
-    chunks = list(byte_streams or [])
-    started = time.time()
-    data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
+_send_input_to_worker = fn_runner.BundleManager._send_input_to_worker
+
+
+def _paused(chunks: list[bytes]) -> Iterator[bytes]:
     for i, chunk in enumerate(chunks):
         if SLOW_WRITE and i:
             time.sleep(SLOW_WRITE)
-        data_out.write(chunk)
-    data_out.close()
+        yield chunk
+
+
+def send_input_to_worker(self: Any, process_bundle_id: str, read_transform_id: str, byte_streams: Any) -> None:
+    """Beam's own _send_input_to_worker, fed the chunks with an optional pause between two, and a log line."""
+    chunks = list(byte_streams or [])
+    started = time.time()
+    _send_input_to_worker(self, process_bundle_id, read_transform_id, _paused(chunks))
     if len(chunks) > 1:
         with lock:
             seen["multi_chunk_sends"] += 1
